@@ -1,0 +1,29 @@
+# fedrad: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedrad-installed
+export FLWR_HOME := $(CURDIR)/.flwr
+SITES ?= 4
+ROUNDS ?= 5
+IMAGE_SIZE ?= 64
+
+.PHONY: install demo test clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m server.demo --sites $(SITES) --rounds $(ROUNDS) --image-size $(IMAGE_SIZE)
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .fedrad-cache .flwr

@@ -1,0 +1,143 @@
+"""`fedrad-site`: the site operator's command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+app = typer.Typer(help="Run a fedrad hospital site: keys, ingest, encrypted store.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="The site's keys.", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect, verify and export the encrypted site store.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(store_app, name="store")
+console = Console(stderr=True)
+
+SiteDir = Annotated[Path, typer.Option("--site-dir", help="The site directory (keys/, store/, ledger/, reports/).")]
+Passphrase = Annotated[Optional[str], typer.Option(
+    "--passphrase-env", help="Derive the key-encryption key with scrypt from the passphrase in this environment variable.")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def synth(
+    sites: Annotated[int, typer.Option("--sites", min=1, help="Number of hospitals to write.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder; one site-NNN/ per hospital.")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed: the same seed writes identical files.")] = 0,
+    patients: Annotated[int, typer.Option("--patients", min=0, help="Patients per site (0: each site's default).")] = 0,
+) -> None:
+    """Write realistic synthetic hospitals: chest radiograph DICOM plus a labels CSV per site."""
+    from common.synth import write_hospitals
+
+    summaries = write_hospitals(out, sites=sites, seed=seed, patients=patients or None)
+    for s in summaries:
+        console.print(f"{s.out_dir}: {s.images} images of {s.patients} patients, {s.positives} with a finding "
+                      f"({s.manufacturer}, {s.modality})")
+
+
+@keys_app.command("init")
+def keys_init(site_dir: SiteDir, passphrase_env: Passphrase = None) -> None:
+    """Create the site's key-encryption key (0600) and the site secret for UID remapping."""
+    from client.keys import SiteKeyError, init_keys
+
+    try:
+        keys = init_keys(site_dir, passphrase_env=passphrase_env)
+    except SiteKeyError as error:
+        _fail(str(error))
+    console.print(f"keys created in {site_dir / 'keys'} (key id {keys.key_id}); back up the key file offline")
+
+
+@keys_app.command("rotate")
+def keys_rotate(site_dir: SiteDir, passphrase_env: Passphrase = None) -> None:
+    """Re-wrap every data key under a new key-encryption key; the old key opens nothing afterwards."""
+    from client.keys import SiteKeyError
+    from client.store import StoreError, rotate_site_key
+
+    try:
+        keys = rotate_site_key(site_dir, passphrase_env=passphrase_env)
+    except (SiteKeyError, StoreError) as error:
+        _fail(str(error))
+    console.print(f"key rotated; new key id {keys.key_id}")
+
+
+@app.command()
+def ingest(
+    site_dir: SiteDir,
+    dicom: Annotated[Path, typer.Option("--dicom", help="A DICOM file or a folder of the export (searched recursively).")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV with columns SOPInstanceUID,finding.")],
+    tensor_size: Annotated[int, typer.Option("--tensor-size", min=16, help="Side of the stored training tensors.")] = 128,
+    passphrase_env: Passphrase = None,
+) -> None:
+    """De-identify, quarantine what cannot be made safe, and encrypt into the site store."""
+    from client.ingest import ingest as run_ingest
+    from client.keys import SiteKeyError, load_keys
+    from client.labels import LabelsError
+    from client.store import StoreError
+
+    try:
+        keys = load_keys(site_dir, passphrase_env=passphrase_env)
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("ingesting", total=None)
+            summary = run_ingest(site_dir, dicom, labels, keys=keys, tensor_size=tensor_size,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except (SiteKeyError, StoreError, LabelsError, FileNotFoundError) as error:
+        _fail(str(error))
+    report = summary.to_dict()
+    console.print(f"ingested {report['ingested']}, already in store {report['already_in_store']}, "
+                  f"quarantined {sum(report['quarantined'].values())}, rejected {sum(report['rejected'].values())} "
+                  f"of {report['files']} file(s) in {report['seconds']:.1f} s")
+    for kind in ("quarantined", "rejected"):
+        for reason, count in report[kind].items():
+            console.print(f"  {kind}: {reason}: {count}")
+    if summary.labels_without_image:
+        _fail(f"{summary.labels_without_image} row(s) of the labels CSV name images that were not found under "
+              "--dicom: check the export path or remove those rows")
+
+
+@store_app.command("info")
+def store_info(site_dir: SiteDir, passphrase_env: Passphrase = None) -> None:
+    """Counts, sizes and format of the store (no patient data)."""
+    store = _open_store(site_dir, passphrase_env)
+    typer.echo(json.dumps(store.info(), indent=2, sort_keys=True, default=str))
+
+
+@store_app.command("verify")
+def store_verify(site_dir: SiteDir, passphrase_env: Passphrase = None) -> None:
+    """Authenticate every object; list any that fail."""
+    problems = _open_store(site_dir, passphrase_env).verify()
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        _fail(f"{len(problems)} object(s) failed verification")
+    typer.echo("every object authenticates")
+
+
+@store_app.command("export")
+def store_export(site_dir: SiteDir, out: Annotated[Path, typer.Option("--out", help="Folder for the clear DICOM.")],
+                 passphrase_env: Passphrase = None) -> None:
+    """Write the de-identified DICOM in clear, for the site's own audit."""
+    count = _open_store(site_dir, passphrase_env).export_dicom(out)
+    typer.echo(f"exported {count} de-identified file(s) to {out}")
+
+
+def _open_store(site_dir: Path, passphrase_env: Optional[str]):
+    from client.keys import SiteKeyError, load_keys
+    from client.store import SiteStore, StoreError
+
+    try:
+        return SiteStore.open(site_dir, load_keys(site_dir, passphrase_env=passphrase_env))
+    except (SiteKeyError, StoreError) as error:
+        _fail(str(error))
+
+
+def main() -> None:
+    app()

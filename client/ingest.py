@@ -1,0 +1,158 @@
+"""Site ingest: DICOM export -> de-identified, encrypted site store.
+
+For each file: read it, join its label by the original SOPInstanceUID, de-identify it
+(PS3.15 Annex E), turn it into a training tensor with the common pixel pipeline, and
+encrypt both into the store. Files that cannot be made safe are quarantined, files that
+cannot be used are rejected; both are counted by reason and never stop the run.
+Ingest is idempotent (a keyed hash of each file's bytes marks what is in the store) and
+resumable (the manifest is committed in batches; orphans of a killed run are removed).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from client.deid import DeidOptions, Deidentifier
+from client.keys import SiteKeys
+from client.labels import read_labels
+from client.store import SiteStore
+from common.pixels import ImageRefused, PixelPipeline, load_dataset
+
+DEFAULT_TENSOR_SIZE = 128
+COMMIT_EVERY = 64
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did, in counts and reason codes only (never a header value)."""
+
+    files: int = 0
+    ingested: int = 0
+    already_in_store: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    labels_without_image: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "ingested": self.ingested,
+            "already_in_store": self.already_in_store,
+            "quarantined": dict(sorted(self.quarantined.items())),
+            "rejected": dict(sorted(self.rejected.items())),
+            "labels_without_image": self.labels_without_image,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def dicom_files(path: Path) -> Iterator[Path]:
+    """Every regular file under `path` (or `path` itself), in a stable order."""
+    if path.is_file():
+        yield path
+        return
+    if not path.is_dir():
+        raise FileNotFoundError("the DICOM path does not exist: pass --dicom with a file or folder of the export")
+    yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def ingest(
+    site_dir: Path,
+    dicom_path: Path,
+    labels_csv: Path,
+    *,
+    keys: SiteKeys,
+    options: DeidOptions = DeidOptions(),
+    tensor_size: int = DEFAULT_TENSOR_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestSummary:
+    """Ingest every file under `dicom_path`; see the module docstring."""
+    started = time.perf_counter()
+    labels = read_labels(labels_csv)
+    files = list(dicom_files(dicom_path))
+    store = SiteStore.open_or_create(site_dir, keys)
+    store.collect_orphans()
+    deidentify = Deidentifier(site_secret=keys.site_secret, options=options)
+    pixels = PixelPipeline(size=tensor_size)
+    summary = IngestSummary(files=len(files))
+    seen_uids: set[str] = set()
+    pending = 0
+    for index, path in enumerate(files, start=1):
+        outcome = _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys)
+        if outcome == "ingested":
+            summary.ingested += 1
+            pending += 1
+        elif outcome == "already-in-store":
+            summary.already_in_store += 1
+        elif outcome.startswith("quarantine:"):
+            summary.quarantined[outcome.split(":", 1)[1]] += 1
+        else:
+            summary.rejected[outcome] += 1
+        if pending >= COMMIT_EVERY:
+            store.commit()
+            pending = 0
+        if progress:
+            progress(index, len(files))
+    store.commit()
+    summary.labels_without_image = len(set(labels) - seen_uids)
+    summary.seconds = time.perf_counter() - started
+    _write_report(site_dir, summary)
+    return summary
+
+
+def _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys) -> str:
+    """Ingest one file; returns "ingested", "already-in-store", "quarantine:<reason>" or a rejection reason."""
+    data = path.read_bytes()
+    source_key = hmac.new(keys.site_secret, b"source:" + hashlib.sha256(data).digest(), "sha256").hexdigest()
+    try:
+        dataset = load_dataset(data)
+    except ImageRefused as refused:
+        return refused.reason
+    uid = str(dataset.get("SOPInstanceUID", "") or "")
+    if uid in labels:
+        seen_uids.add(uid)
+    if store.has_source(source_key):
+        return "already-in-store"
+    if uid not in labels:
+        return "no-label"
+    try:
+        result = deidentify(dataset)
+    except Exception:  # noqa: BLE001 - a file that breaks de-identification is never stored
+        return "deidentification-failed"
+    if result.quarantine:
+        return f"quarantine:{result.quarantine}"
+    try:
+        tensor = pixels(result.dataset)
+    except ImageRefused as refused:
+        return refused.reason
+    buffer = io.BytesIO()
+    result.dataset.save_as(buffer, enforce_file_format=True)
+    store.add_image(
+        source_key=source_key,
+        dicom=buffer.getvalue(),
+        tensor=tensor.astype("float16"),
+        patient_key=result.patient_key,
+        label=labels[uid],
+        meta={
+            "modality": str(result.dataset.get("Modality", "")),
+            "manufacturer": str(result.dataset.get("Manufacturer", "")),
+            "rows": int(result.dataset.get("Rows", 0) or 0),
+            "columns": int(result.dataset.get("Columns", 0) or 0),
+        },
+    )
+    return "ingested"
+
+
+def _write_report(site_dir: Path, summary: IngestSummary) -> Path:
+    reports = site_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    path = reports / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000:06d}.json"
+    path.write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path

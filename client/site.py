@@ -1,0 +1,53 @@
+"""Which site this ClientApp serves, from the SuperNode's node config.
+
+A real SuperNode is started with `--node-config "site-dir='/srv/fedrad/site'"`; a
+simulated one gets a `partition-id` from Flower and becomes a cached virtual site.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from client.keys import load_keys
+from client.store import SiteStore
+from client.virtual_site import ensure_virtual_site
+
+
+class SiteConfigError(ValueError):
+    """The SuperNode's node config does not say where the site's data is."""
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    site_dir: Path
+    store: SiteStore
+
+
+def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:
+    """Open the site's store: `site-dir` from the node config, else a virtual site."""
+    if "site-dir" in node_config:
+        site_dir = Path(str(node_config["site-dir"])).expanduser()
+        if not site_dir.is_dir():
+            raise SiteConfigError(
+                "the node config's site-dir does not exist: create it with `fedrad-site keys init "
+                "--site-dir DIR` and ingest data, or fix the path in --node-config"
+            )
+        keys = load_keys(site_dir)
+        name = str(node_config.get("site-name", f"site-{keys.site_id[:8]}"))
+    elif "partition-id" in node_config:
+        partition = int(node_config["partition-id"])
+        site_dir = ensure_virtual_site(
+            Path(str(run_config.get("sim-cache-dir", ".fedrad-cache"))).expanduser(),
+            partition_id=partition,
+            seed=int(run_config.get("seed", 0)),
+            patients=int(run_config.get("sim-patients", 0)),
+        )
+        keys = load_keys(site_dir)
+        name = f"site-{partition:03d}"
+    else:
+        raise SiteConfigError(
+            "the SuperNode has no site: start it with --node-config \"site-dir='/path/to/site'\""
+        )
+    return Site(name=name, site_dir=site_dir, store=SiteStore.open(site_dir, keys))

@@ -1,0 +1,96 @@
+"""A site's training and validation tensors, read from its store and kept in memory.
+
+The split is by patient (the privacy unit) and stable: a patient's images are all in
+training or all in validation, decided by a hash of the opaque patient key, so the
+validation patients never change between rounds, runs or restarts.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from client.store import SiteStore
+
+VALIDATION_PERCENT = 20
+
+
+@dataclass(frozen=True)
+class SiteData:
+    train_images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
+    train_labels: torch.Tensor  # (N,) int64
+    train_patients: tuple[str, ...]  # opaque patient key of each training image
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+
+    @property
+    def patients(self) -> int:
+        return len(set(self.train_patients))
+
+
+class NoSiteData(RuntimeError):
+    """The site store holds nothing to train on."""
+
+
+def is_validation_patient(patient_key: str) -> bool:
+    digest = hashlib.sha256(b"fedrad-split:" + patient_key.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < VALIDATION_PERCENT
+
+
+def _resize(tensor: np.ndarray, size: int) -> torch.Tensor:
+    image = torch.from_numpy(np.asarray(tensor, dtype=np.float32))[None, None]
+    if image.shape[-1] == size and image.shape[-2] == size:
+        return image[0]
+    if image.shape[-1] < size or image.shape[-2] < size:
+        raise ValueError(
+            f"the store holds {image.shape[-1]}-pixel tensors but the run asks for {size}: "
+            f"lower image-size or re-ingest with --tensor-size {size}"
+        )
+    return F.interpolate(image, size=(size, size), mode="area")[0]
+
+
+def load_site_data(store: SiteStore, image_size: int) -> SiteData:
+    """Decrypt every image tensor of the store in memory and split it by patient."""
+    records = store.records()
+    if not records:
+        raise NoSiteData(
+            "the site store holds no images: run `fedrad-site ingest --site-dir DIR --dicom PATH "
+            "--labels CSV` first"
+        )
+    splits: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
+    for record in sorted(records, key=lambda r: r.image_id):
+        images, labels, patients = splits[is_validation_patient(record.patient_key)]
+        images.append(_resize(store.read_tensor(record.image_id), image_size))
+        labels.append(int(record.label))
+        patients.append(record.patient_key)
+    (train_x, train_y, train_p), (val_x, val_y, _) = splits[False], splits[True]
+    if not train_x:
+        raise NoSiteData("every patient of the site fell into the validation split: ingest more patients")
+
+    def stack(images: list) -> torch.Tensor:
+        return torch.stack(images) if images else torch.zeros((0, 1, image_size, image_size))
+
+    return SiteData(
+        train_images=stack(train_x),
+        train_labels=torch.tensor(train_y, dtype=torch.int64),
+        train_patients=tuple(train_p),
+        val_images=stack(val_x),
+        val_labels=torch.tensor(val_y, dtype=torch.int64),
+    )
+
+
+_CACHE: dict[tuple[str, int, str], SiteData] = {}
+
+
+def cached_site_data(site_dir: Path, store: SiteStore, image_size: int) -> SiteData:
+    """`load_site_data`, decrypted once per process for a given store state and size."""
+    state = hashlib.sha256("".join(sorted(r.image_id for r in store.records())).encode()).hexdigest()
+    key = (str(site_dir.resolve()), image_size, state)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_site_data(store, image_size)
+    return _CACHE[key]

@@ -1,0 +1,134 @@
+"""Typed run settings, validated once at the edge and passed down.
+
+`RunConfig` is what the coordinator reads from Flower's run config (pyproject's
+`[tool.flwr.app.config]` plus `flwr run --run-config` overrides). `TrainSettings` is the
+part a site needs for one round; it travels in the message's ConfigRecord.
+Validation collects every problem and raises one `ConfigError` that names each
+setting, the rule it breaks and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; the message lists each with its fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid run settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """What a site needs to train or evaluate in one round."""
+
+    server_round: int = 1
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.002
+    image_size: int = 64
+    proximal_mu: float = 0.0
+    seed: int = 0
+
+    def to_record(self) -> dict[str, int | float]:
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "TrainSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k.replace("-", "_"): v for k, v in record.items()}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Settings of one federated run (see README, "Run settings")."""
+
+    run_name: str = "demo"
+    sites: int = 4
+    rounds: int = 5
+    strategy: str = "fedavg"
+    local_epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 0.002
+    image_size: int = 64
+    min_sites: int = 2
+    seed: int = 0
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.01
+    resume_from: str = ""
+    runs_dir: str = "runs"
+    heldout_eval: bool = True
+    round_timeout: float = 3600.0
+    wait_for_sites: float = 120.0
+    sim_patients: int = 0
+    sim_cache_dir: str = ".fedrad-cache"
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        """Build from Flower's run config (keys use dashes); unknown keys are errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                problems.append(f"unknown setting '{key}': remove it or check its spelling "
+                                f"(known: {', '.join(sorted(k.replace('_', '-') for k in fields))})")
+                continue
+            expected = type(fields[name].default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if expected is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                problems.append(f"'{key}' must be of type {expected.__name__}, got a "
+                                f"{type(value).__name__}: set it like {key}={fields[name].default!r}")
+                continue
+            values[name] = value
+        if problems:
+            raise ConfigError(problems)
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"unknown strategy '{self.strategy}': choose one of {', '.join(STRATEGIES)}")
+        for name, minimum in (("sites", 1), ("rounds", 1), ("local_epochs", 1), ("batch_size", 1),
+                              ("image_size", 16), ("min_sites", 1), ("sim_patients", 0)):
+            if getattr(self, name) < minimum:
+                problems.append(f"'{name.replace('_', '-')}' is {getattr(self, name)} but must be "
+                                f">= {minimum}: set a value of at least {minimum}")
+        for name in ("learning_rate", "server_learning_rate", "round_timeout", "wait_for_sites"):
+            if not getattr(self, name) > 0:
+                problems.append(f"'{name.replace('_', '-')}' must be positive: set a value > 0")
+        if self.proximal_mu < 0:
+            problems.append("'proximal-mu' must be >= 0: set 0 to disable the proximal term")
+        if self.min_sites > self.sites:
+            problems.append(f"'min-sites' ({self.min_sites}) exceeds 'sites' ({self.sites}): "
+                            "lower min-sites or raise sites")
+        if not self.run_name or any(c in self.run_name for c in "/\\") or self.run_name.startswith("."):
+            problems.append("'run-name' must be a plain directory name (no slashes, not hidden)")
+        if problems:
+            raise ConfigError(problems)
+
+    def train_settings(self, server_round: int) -> TrainSettings:
+        return TrainSettings(
+            server_round=server_round,
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            image_size=self.image_size,
+            proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}

@@ -1,0 +1,37 @@
+import pytest
+
+from common.config import ConfigError, RunConfig, TrainSettings
+
+
+def test_defaults_validate_and_dash_names_round_trip():
+    config = RunConfig.from_mapping({"sites": 3, "rounds": 2, "strategy": "fedprox", "learning-rate": 1})
+    assert config.sites == 3 and config.learning_rate == 1.0
+    assert RunConfig.from_mapping(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"strategy": "fedsgd"}, "unknown strategy 'fedsgd'"),
+    ({"rounds": -1}, "'rounds' is -1"),
+    ({"sites": 2, "min-sites": 3}, "'min-sites' (3) exceeds 'sites' (2)"),
+    ({"image-size": 8}, "'image-size' is 8"),
+    ({"rounds": "five"}, "'rounds' must be of type int"),
+    ({"round": 3}, "unknown setting 'round'"),
+])
+def test_bad_settings_name_the_setting_and_fix(raw, fragment):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping(raw)
+    assert fragment in str(error.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({"strategy": "x", "rounds": 0, "batch-size": 0})
+    assert len(error.value.problems) == 3
+
+
+def test_train_settings_travel_as_a_record():
+    settings = RunConfig(strategy="fedprox", proximal_mu=0.1).train_settings(4)
+    record = settings.to_record()
+    assert record["server-round"] == 4 and record["proximal-mu"] == 0.1
+    assert TrainSettings.from_record(dict(record, extra=1)) == settings
+    assert RunConfig(strategy="fedavg").train_settings(1).proximal_mu == 0.0
