@@ -1,13 +1,17 @@
 """The site's Flower ClientApp: train and evaluate on the site's own encrypted store."""
 from __future__ import annotations
 
+import functools
 import zlib
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import resolve_site
+from client.keys import SiteKeyError
+from client.site import SiteConfigError, resolve_site, site_label
+from client.sitedata import NoSiteData
+from client.store import StoreError
 from client.sitedata import cached_site_data
 from client.training import train as train_locally
 from common import messages as keys
@@ -17,6 +21,23 @@ from common.model import build_model
 from common.weights import load_record, to_record
 
 app = ClientApp()
+
+# Failures a site reports to the coordinator as a typed error reply (kind + message).
+SITE_FAILURES = (SiteKeyError, StoreError, NoSiteData, SiteConfigError, ValueError)
+
+
+def reports_failures(handler):
+    """Turn a known site failure into an error reply that names the site and the kind."""
+
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except SITE_FAILURES as failure:
+            reason = keys.site_error_reason(site_label(context.node_config), type(failure).__name__, str(failure))
+            return Message(Error(code=keys.SITE_ERROR_CODE, reason=reason), reply_to=msg)
+
+    return wrapper
 
 
 def _prepare(msg: Message, context: Context):
@@ -30,6 +51,7 @@ def _prepare(msg: Message, context: Context):
 
 
 @app.train()
+@reports_failures
 def train(msg: Message, context: Context) -> Message:
     """Local epochs on the site's training split; reply with weights and metrics."""
     settings, site, data, model = _prepare(msg, context)
@@ -50,6 +72,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@reports_failures
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss, ROC AUC, sensitivity and specificity on the site's validation split."""
     _, site, data, model = _prepare(msg, context)

@@ -56,13 +56,18 @@ def keys_init(site_dir: SiteDir, passphrase_env: Passphrase = None) -> None:
 
 
 @keys_app.command("rotate")
-def keys_rotate(site_dir: SiteDir, passphrase_env: Passphrase = None) -> None:
+def keys_rotate(
+    site_dir: SiteDir,
+    passphrase_env: Passphrase = None,
+    new_passphrase_env: Annotated[Optional[str], typer.Option(
+        "--new-passphrase-env", help="For a passphrase-derived key: the variable holding the new passphrase.")] = None,
+) -> None:
     """Re-wrap every data key under a new key-encryption key; the old key opens nothing afterwards."""
     from client.keys import SiteKeyError
-    from client.store import StoreError, rotate_site_key
+    from client.store import StoreError, rotate_site_kek
 
     try:
-        keys = rotate_site_key(site_dir, passphrase_env=passphrase_env)
+        keys = rotate_site_kek(site_dir, passphrase_env=passphrase_env, new_passphrase_env=new_passphrase_env)
     except (SiteKeyError, StoreError) as error:
         _fail(str(error))
     console.print(f"key rotated; new key id {keys.key_id}")

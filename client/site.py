@@ -25,6 +25,15 @@ class Site:
     store: SiteStore
 
 
+def site_label(node_config: Mapping[str, Any]) -> str:
+    """The site's public name before its keys are open (for error reports)."""
+    if "site-name" in node_config:
+        return str(node_config["site-name"])
+    if "partition-id" in node_config:
+        return f"site-{int(node_config['partition-id']):03d}"
+    return "unnamed-site"
+
+
 def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:
     """Open the site's store: `site-dir` from the node config, else a virtual site."""
     if "site-dir" in node_config:
@@ -45,7 +54,7 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
             patients=int(run_config.get("sim-patients", 0)),
         )
         keys = load_keys(site_dir)
-        name = f"site-{partition:03d}"
+        name = site_label(node_config)
     else:
         raise SiteConfigError(
             "the SuperNode has no site: start it with --node-config \"site-dir='/path/to/site'\""

@@ -15,3 +15,24 @@ EVAL_LOSS = "eval-loss"
 EVAL_AUC = "eval-auc"
 EVAL_SENSITIVITY = "eval-sensitivity"
 EVAL_SPECIFICITY = "eval-specificity"
+
+# A site's failure travels as an error reply whose reason is this JSON object, so that the
+# coordinator can name the site and the kind of failure (never patient data).
+SITE_ERROR_CODE = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+
+def site_error_reason(site: str, kind: str, message: str) -> str:
+    import json
+
+    return json.dumps({"fedrad-site-error": 1, "site": site, "kind": kind, "message": message})
+
+
+def parse_site_error(reason: str) -> dict[str, str] | None:
+    """The fields of a reason made by `site_error_reason`, or None for any other reason."""
+    import json
+
+    try:
+        fields = json.loads(reason)
+    except (TypeError, ValueError):
+        return None
+    return fields if isinstance(fields, dict) and fields.get("fedrad-site-error") == 1 else None

@@ -67,14 +67,20 @@ def _exchange(grid: Grid, messages: Iterable[Message], timeout: float, names: di
         node = reply.metadata.src_node_id
         answered.add(node)
         if reply.has_error():
-            failures.append({"site": names.get(node, f"node-{node}"), "reason": reply.error.reason})
+            reported = keys.parse_site_error(reply.error.reason or "")
+            if reported:
+                names[node] = reported["site"]
+                failures.append({"site": reported["site"], "kind": reported["kind"], "reason": reported["message"]})
+            else:
+                failures.append({"site": names.get(node, f"node-{node}"), "kind": "error", "reason": reply.error.reason})
         else:
             names[node] = _site_name(reply)
             ok.append(reply)
     for message in messages:
         if message.metadata.dst_node_id not in answered:
             node = message.metadata.dst_node_id
-            failures.append({"site": names.get(node, f"node-{node}"), "reason": f"no reply within {timeout:.0f} s"})
+            failures.append({"site": names.get(node, f"node-{node}"), "kind": "no-reply",
+                             "reason": f"no reply within {timeout:.0f} s"})
     return ok, failures
 
 

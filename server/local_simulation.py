@@ -1,0 +1,106 @@
+"""Run the app with Flower's simulation runtime on this machine, start to finish.
+
+`LocalSimulation` starts a `flower-superlink --simulation` on 127.0.0.1 (a free port,
+runtime dependency installation off: sites and coordinator use the installed, approved
+environment, and time to the first round stays short), writes a private Flower config
+(FLWR_HOME) that names it, submits the app with `flwr run . --stream`, and stops the
+SuperLink and everything it spawned on exit. It is what `make demo`, the end-to-end
+tests and the benchmarks use; a user can equally type `flwr run .` (see README).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONNECTION = "fedrad-local"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode} before it was ready")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"flower-superlink did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def _quote(value) -> str:
+    return f"'{value}'" if isinstance(value, (str, Path)) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class LocalSimulation:
+    """A throwaway SuperLink in simulation mode; use as a context manager."""
+
+    def __init__(self, app_dir: Path, *, work_dir: Path | None = None, startup_timeout: float = 60.0) -> None:
+        self.app_dir = Path(app_dir).resolve()
+        self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="fedrad-sim-")
+        self.work_dir = Path(work_dir or self._tmp.name).resolve()
+        self.startup_timeout = startup_timeout
+        self.port = _free_port()
+        self.process: subprocess.Popen | None = None
+        self.bin_dir = Path(sys.executable).parent
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, FLWR_HOME=str(self.work_dir / "flwr-home"),
+                    FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1")
+
+    def __enter__(self) -> "LocalSimulation":
+        home = self.work_dir / "flwr-home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n', encoding="utf-8")
+        self.log_path = self.work_dir / "superlink.log"
+        self.process = subprocess.Popen(
+            [str(self.bin_dir / "flower-superlink"), "--insecure", "--simulation",
+             "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(self.port),
+             "--database", ":flwr-in-memory:", "--log-file", str(self.log_path)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_for_port(self.port, self.process, self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def run(self, *, sites: int, run_config: dict, timeout: float | None = None,
+            capture: bool = False) -> subprocess.CompletedProcess:
+        """`flwr run <app> --stream` with `sites` simulated SuperNodes; returns when the run ends."""
+        overrides = " ".join(f"{key}={_quote(value)}" for key, value in run_config.items())
+        command = [str(self.bin_dir / "flwr"), "run", str(self.app_dir), CONNECTION, "--stream",
+                   "--federation-config", f"num-supernodes={sites}"]
+        if overrides:
+            command += ["--run-config", overrides]
+        return subprocess.run(command, env=self.env, cwd=self.app_dir, timeout=timeout, text=True,
+                              stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.STDOUT if capture else None)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self._tmp:
+            self._tmp.cleanup()
