@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import contextlib
 import io
 import json
+import logging
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,30 +80,30 @@ def ingest(
     started = time.perf_counter()
     labels = read_labels(labels_csv)
     files = list(dicom_files(dicom_path))
-    store = SiteStore.open_or_create(site_dir, keys)
-    store.collect_orphans()
+    summary = IngestSummary(files=len(files))
     deidentify = Deidentifier(site_secret=keys.site_secret, options=options)
     pixels = PixelPipeline(size=tensor_size)
-    summary = IngestSummary(files=len(files))
     seen_uids: set[str] = set()
-    pending = 0
-    for index, path in enumerate(files, start=1):
-        outcome = _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys)
-        if outcome == "ingested":
-            summary.ingested += 1
-            pending += 1
-        elif outcome == "already-in-store":
-            summary.already_in_store += 1
-        elif outcome.startswith("quarantine:"):
-            summary.quarantined[outcome.split(":", 1)[1]] += 1
-        else:
-            summary.rejected[outcome] += 1
-        if pending >= COMMIT_EVERY:
-            store.commit()
-            pending = 0
-        if progress:
-            progress(index, len(files))
-    store.commit()
+    with SiteStore.open_or_create(site_dir, keys) as store, _pydicom_silenced():
+        store.collect_orphans()
+        pending = 0
+        for index, path in enumerate(files, start=1):
+            outcome = _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys)
+            if outcome == "ingested":
+                summary.ingested += 1
+                pending += 1
+            elif outcome == "already-in-store":
+                summary.already_in_store += 1
+            elif outcome.startswith("quarantine:"):
+                summary.quarantined[outcome.split(":", 1)[1]] += 1
+            else:
+                summary.rejected[outcome] += 1
+            if pending >= COMMIT_EVERY:
+                store.commit()
+                pending = 0
+            if progress:
+                progress(index, len(files))
+        store.commit()
     summary.labels_without_image = len(set(labels) - seen_uids)
     summary.seconds = time.perf_counter() - started
     _write_report(site_dir, summary)
@@ -126,7 +129,7 @@ def _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys) -> str
         result = deidentify(dataset)
     except Exception:  # noqa: BLE001 - a file that breaks de-identification is never stored
         return "deidentification-failed"
-    if result.quarantine:
+    if not result.admissible:
         return f"quarantine:{result.quarantine}"
     try:
         tensor = pixels(result.dataset)
@@ -148,6 +151,20 @@ def _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys) -> str
         },
     )
     return "ingested"
+
+
+@contextlib.contextmanager
+def _pydicom_silenced():
+    """pydicom's warnings and log records quote header values: keep them out of the site's logs."""
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was_disabled
 
 
 def _write_report(site_dir: Path, summary: IngestSummary) -> Path:

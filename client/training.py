@@ -53,7 +53,7 @@ def train(
                 objective = loss + settings.proximal_mu / 2.0 * drift
             objective.backward()
             optimizer.step()
-            total_loss += float(loss) * len(batch)
+            total_loss += loss.item() * len(batch)
             total_seen += len(batch)
             steps += 1
     return TrainResult(

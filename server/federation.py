@@ -57,10 +57,30 @@ def _site_name(reply: Message) -> str:
     return str(record[keys.SITE_NAME]) if record and keys.SITE_NAME in record else f"node-{reply.metadata.src_node_id}"
 
 
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Push `messages` and pull their replies until all arrived or `timeout` s passed.
+
+    Flower's deployment Grid polls every 3 s, which would add up to 3 s to every round;
+    this polls after 50 ms and backs off to at most 0.5 s.
+    """
+    waiting = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    interval = 0.05
+    while waiting and time.monotonic() < deadline:
+        arrived = list(grid.pull_messages(waiting))
+        replies.extend(arrived)
+        waiting.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
+        if waiting:
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 1.5, 0.5)
+    return replies
+
+
 def _exchange(grid: Grid, messages: Iterable[Message], timeout: float, names: dict[int, str]):
     """Send, wait, and sort replies into successes and failures (errors and silences)."""
     messages = list(messages)
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = send_and_receive(grid, messages, timeout)
     ok, failures = [], []
     answered = set()
     for reply in replies:

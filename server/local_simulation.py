@@ -39,6 +39,40 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
     raise TimeoutError(f"flower-superlink did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
+def _descendants(root: int) -> list[int]:
+    """Every process below `root` (children first listed last), from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _quote(value) -> str:
     return f"'{value}'" if isinstance(value, (str, Path)) else str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -57,7 +91,8 @@ class LocalSimulation:
 
     @property
     def env(self) -> dict[str, str]:
-        return dict(os.environ, FLWR_HOME=str(self.work_dir / "flwr-home"),
+        path = os.pathsep.join([str(self.bin_dir), os.environ.get("PATH", "")])
+        return dict(os.environ, PATH=path, FLWR_HOME=str(self.work_dir / "flwr-home"),
                     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1")
 
     def __enter__(self) -> "LocalSimulation":
@@ -79,12 +114,20 @@ class LocalSimulation:
             raise
         return self
 
-    def run(self, *, sites: int, run_config: dict, timeout: float | None = None,
-            capture: bool = False) -> subprocess.CompletedProcess:
-        """`flwr run <app> --stream` with `sites` simulated SuperNodes; returns when the run ends."""
+    def run(self, *, sites: int, run_config: dict, concurrency: int | None = None,
+            timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+        """`flwr run <app> --stream` with `sites` simulated SuperNodes; returns when the run ends.
+
+        `concurrency` sites train at once (default: all of them, at most 8), each in a Ray
+        actor with one CPU slot and one torch thread: like real hospitals, sites work in
+        parallel, and memory is bounded by `concurrency`, not by the number of sites.
+        """
+        concurrency = concurrency or min(sites, 8)
         overrides = " ".join(f"{key}={_quote(value)}" for key, value in run_config.items())
+        federation = (f"num-supernodes={sites} client-resources-num-cpus=1 "
+                      f"init-args-num-cpus={concurrency}")
         command = [str(self.bin_dir / "flwr"), "run", str(self.app_dir), CONNECTION, "--stream",
-                   "--federation-config", f"num-supernodes={sites}"]
+                   "--federation-config", federation]
         if overrides:
             command += ["--run-config", overrides]
         return subprocess.run(command, env=self.env, cwd=self.app_dir, timeout=timeout, text=True,
@@ -92,13 +135,17 @@ class LocalSimulation:
                               stderr=subprocess.STDOUT if capture else None)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        """Stop the SuperLink and every process it spawned (SuperExec, simulation, Ray)."""
+        if not self.process or self.process.poll() is not None:
+            return
+        tree = _descendants(self.process.pid)
+        _signal_all([self.process.pid, *tree], signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(pid) for pid in [self.process.pid, *tree]):
+            self.process.poll()
+            time.sleep(0.2)
+        _signal_all([self.process.pid, *tree, *_descendants(self.process.pid)], signal.SIGKILL)
+        self.process.wait(timeout=5)
 
     def __exit__(self, *exc) -> None:
         self.stop()
