@@ -2,7 +2,8 @@
 
 The split is by patient (the privacy unit) and stable: a patient's images are all in
 training or all in validation, decided by a hash of the opaque patient key, so the
-validation patients never change between rounds, runs or restarts.
+validation patients never change between rounds, runs or restarts. A site with at
+least two patients always has one validation patient (the one with the smallest hash).
 """
 from __future__ import annotations
 
@@ -36,9 +37,16 @@ class NoSiteData(RuntimeError):
     """The site store holds nothing to train on."""
 
 
-def is_validation_patient(patient_key: str) -> bool:
-    digest = hashlib.sha256(b"fedrad-split:" + patient_key.encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 100 < VALIDATION_PERCENT
+def _split_hash(patient_key: str) -> int:
+    return int.from_bytes(hashlib.sha256(b"fedrad-split:" + patient_key.encode()).digest()[:4], "big")
+
+
+def validation_patients(patient_keys: set[str]) -> set[str]:
+    """The patients held out for validation (about VALIDATION_PERCENT of them)."""
+    chosen = {key for key in patient_keys if _split_hash(key) % 100 < VALIDATION_PERCENT}
+    if not chosen and len(patient_keys) >= 2:
+        chosen = {min(patient_keys, key=_split_hash)}
+    return chosen
 
 
 def _resize(tensor: np.ndarray, size: int) -> torch.Tensor:
@@ -61,9 +69,10 @@ def load_site_data(store: SiteStore, image_size: int) -> SiteData:
             "the site store holds no images: run `fedrad-site ingest --site-dir DIR --dicom PATH "
             "--labels CSV` first"
         )
+    held_out = validation_patients({record.patient_key for record in records})
     splits: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
     for record in sorted(records, key=lambda r: r.image_id):
-        images, labels, patients = splits[is_validation_patient(record.patient_key)]
+        images, labels, patients = splits[record.patient_key in held_out]
         images.append(_resize(store.read_tensor(record.image_id), image_size))
         labels.append(int(record.label))
         patients.append(record.patient_key)

@@ -13,7 +13,7 @@ from client.virtual_site import ensure_virtual_site
 from server.local_simulation import LocalSimulation
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"image-size": 16, "local-epochs": 1, "batch-size": 16, "sim-patients": 12, "seed": 3}
+TINY = {"image-size": 16, "local-epochs": 1, "batch-size": 16, "sim-patients": 16, "seed": 3}
 
 
 def _run(tmp_path, *, sites, rounds, **settings):
