@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import time
 import zlib
 
 import torch
@@ -76,9 +77,11 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss, ROC AUC, sensitivity and specificity on the site's validation split."""
     _, site, data, model = _prepare(msg, context)
+    started = time.perf_counter()
     result = evaluate_model(model, data.val_images, data.val_labels)
     metrics = MetricRecord({
         keys.NUM_EXAMPLES: result.examples,
+        keys.EVAL_SECONDS: time.perf_counter() - started,
         keys.EVAL_LOSS: result.loss,
         keys.EVAL_AUC: result.auc,
         keys.EVAL_SENSITIVITY: result.sensitivity,

@@ -11,6 +11,7 @@ NUM_EXAMPLES = "num-examples"  # the weight of a site's update and metrics
 TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-seconds"
 TRAIN_STEPS = "train-steps"
+EVAL_SECONDS = "eval-seconds"
 EVAL_LOSS = "eval-loss"
 EVAL_AUC = "eval-auc"
 EVAL_SENSITIVITY = "eval-sensitivity"

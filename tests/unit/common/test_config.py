@@ -35,3 +35,13 @@ def test_train_settings_travel_as_a_record():
     assert record["server-round"] == 4 and record["proximal-mu"] == 0.1
     assert TrainSettings.from_record(dict(record, extra=1)) == settings
     assert RunConfig(strategy="fedavg").train_settings(1).proximal_mu == 0.0
+
+
+def test_every_setting_is_declared_in_pyproject_with_its_default():
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
+    declared = declared["tool"]["flwr"]["app"]["config"]
+    assert RunConfig.from_mapping(declared) == RunConfig()
+    assert set(declared) == set(RunConfig().to_dict())

@@ -1,0 +1,59 @@
+"""Round overhead: round wall time / slowest site's local training time (4 and 20 sites).
+
+All sites train at once, each with one torch thread (as separate hospitals would), via
+Flower's simulation runtime and `flwr run`. Round 1 also builds the virtual sites and is
+left out. Two ratios per round, median over rounds 2..R:
+- `train_ratio`: training phase wall time (messages out -> every update in -> aggregated)
+  / slowest site's local training time;
+- `round_ratio`: whole round (training, site evaluation, checkpoint, metrics) /
+  (slowest site's training + slowest site's evaluation time). Held-out evaluation is off.
+
+    .venv/bin/python benchmarks/round_overhead.py [--sites 4 20] [--rounds 4]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from _common import REPO, history, write_result
+from server.local_simulation import LocalSimulation
+
+
+def measure(sites: int, rounds: int, work: Path) -> dict:
+    config = {"sites": sites, "rounds": rounds, "min-sites": sites, "run-name": f"overhead-{sites}",
+              "runs-dir": work / "runs", "sim-cache-dir": REPO / ".fedrad-cache", "heldout-eval": False,
+              "local-epochs": 2, "image-size": 64}
+    with LocalSimulation(REPO, work_dir=work / f"sim-{sites}") as simulation:
+        completed = simulation.run(sites=sites, run_config=config, concurrency=sites, capture=True)
+    if completed.returncode != 0:
+        raise SystemExit(completed.stdout[-3000:])
+    train_ratios, round_ratios, slowest = [], [], []
+    for line in history(work / "runs" / f"overhead-{sites}")[1:]:
+        train = max(s["train"]["train-seconds"] for s in line["sites"].values())
+        evaluate = max(s["evaluate"]["eval-seconds"] for s in line["sites"].values())
+        train_ratios.append(line["wall_seconds"]["train"] / train)
+        round_ratios.append(line["wall_seconds"]["round"] / (train + evaluate))
+        slowest.append(train)
+    return {"sites": sites, "rounds": rounds, "train_ratio": round(statistics.median(train_ratios), 3),
+            "round_ratio": round(statistics.median(round_ratios), 3),
+            "slowest_site_train_seconds": round(statistics.median(slowest), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sites", type=int, nargs="+", default=[4, 20])
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for sites in args.sites:
+            result = measure(sites, args.rounds, Path(tmp))
+            print(result)
+            results.append(result)
+    write_result("round_overhead", {"targets": {"4": 1.10, "20": 1.25}, "results": results})
+
+
+if __name__ == "__main__":
+    main()
