@@ -13,8 +13,10 @@ app = typer.Typer(help="Run a fedrad hospital site: keys, ingest, encrypted stor
                   pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="The site's keys.", no_args_is_help=True)
 store_app = typer.Typer(help="Inspect, verify and export the encrypted site store.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The site's privacy ledger.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(store_app, name="store")
+app.add_typer(ledger_app, name="ledger")
 console = Console(stderr=True)
 
 SiteDir = Annotated[Path, typer.Option("--site-dir", help="The site directory (keys/, store/, ledger/, reports/).")]
@@ -132,6 +134,41 @@ def store_export(site_dir: SiteDir, out: Annotated[Path, typer.Option("--out", h
     """Write the de-identified DICOM in clear, for the site's own audit."""
     count = _open_store(site_dir, passphrase_env).export_dicom(out)
     typer.echo(f"exported {count} de-identified file(s) to {out}")
+
+
+@ledger_app.command("show")
+def ledger_show(
+    site_dir: SiteDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Every entry and the totals, as JSON.")] = False,
+    passphrase_env: Passphrase = None,
+) -> None:
+    """The site's privacy history and cumulative epsilon (recomputable from the entries)."""
+    from client.keys import SiteKeyError, load_keys
+    from client.privacy import LedgerError, PolicyError, ledger_report
+    from client.round_privacy import dataset_key
+    from client.sitedata import training_patients
+    from client.store import SiteStore, StoreError
+
+    try:
+        keys = load_keys(site_dir, passphrase_env=passphrase_env)
+        patients = training_patients(SiteStore.open(site_dir, keys))
+        report = ledger_report(site_dir, keys.site_secret, patients=max(patients, 1))
+    except (SiteKeyError, StoreError, LedgerError, PolicyError) as error:
+        _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    mine = report.get("datasets", {}).get(dataset_key(keys.site_secret))
+    if not mine:
+        typer.echo("no DP-SGD training recorded yet: epsilon 0")
+        return
+    for entry in mine["entries"]:
+        typer.echo(f"run {entry['run_id']} round {entry['server_round']}: noise {entry['noise_multiplier']:.3f}, "
+                   f"sample rate {entry['sample_rate']:.4f}, {entry['steps']} steps ({entry['status']})")
+    totals = mine["totals"] or {}
+    epsilon = "unbounded (non-private training recorded)" if totals.get("epsilon") is None else f"{totals['epsilon']:.3f}"
+    typer.echo(f"cumulative epsilon {epsilon} at delta {totals.get('delta', 0):.2e} "
+               f"({totals.get('accountant')} accountant), privacy unit: patient, {patients} training patients")
 
 
 def _open_store(site_dir: Path, passphrase_env: Optional[str]):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from client.keys import load_keys
+from client.keys import SiteKeys, load_keys
 from client.store import SiteStore
 from client.virtual_site import ensure_virtual_site
 
@@ -22,6 +22,7 @@ class SiteConfigError(ValueError):
 class Site:
     name: str
     site_dir: Path
+    keys: SiteKeys
     store: SiteStore
 
 
@@ -59,4 +60,4 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         raise SiteConfigError(
             "the SuperNode has no site: start it with --node-config \"site-dir='/path/to/site'\""
         )
-    return Site(name=name, site_dir=site_dir, store=SiteStore.open(site_dir, keys))
+    return Site(name=name, site_dir=site_dir, keys=keys, store=SiteStore.open(site_dir, keys))

@@ -61,6 +61,12 @@ def _resize(tensor: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(image, size=(size, size), mode="area")[0]
 
 
+def training_patients(store: SiteStore) -> int:
+    """Patients in the training split (without decrypting any image)."""
+    patients = {record.patient_key for record in store.records()}
+    return len(patients - validation_patients(patients))
+
+
 def load_site_data(store: SiteStore, image_size: int) -> SiteData:
     """Decrypt every image tensor of the store in memory and split it by patient."""
     records = store.records()

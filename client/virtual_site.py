@@ -16,10 +16,19 @@ from client.keys import init_keys
 from common.synth import write_hospital
 
 READY_MARK = "READY"
+FORMAT = "v2"  # bump when what a virtual site holds changes, so caches are rebuilt
+# A synthetic hospital has no real patients: a generous lifetime budget, so demos and
+# benchmarks can run again on the cached site (its ledger still accumulates), and
+# non-private comparison runs are allowed. A real site writes its own policy.toml.
+VIRTUAL_SITE_POLICY = """# Virtual (synthetic) site: no real patients.
+[privacy]
+max-epsilon = 1000.0
+allow-non-private = true
+"""
 
 
 def virtual_site_dir(cache_dir: Path, *, partition_id: int, seed: int, patients: int) -> Path:
-    return cache_dir / f"sim-seed{seed}-p{patients}" / f"site-{partition_id:03d}"
+    return cache_dir / f"sim-{FORMAT}-seed{seed}-p{patients}" / f"site-{partition_id:03d}"
 
 
 def ensure_virtual_site(cache_dir: Path, *, partition_id: int, seed: int, patients: int = 0) -> Path:
@@ -34,6 +43,7 @@ def ensure_virtual_site(cache_dir: Path, *, partition_id: int, seed: int, patien
     write_hospital(export, site_index=partition_id, seed=seed, patients=patients or None)
     site = building / "site"
     keys = init_keys(site)
+    (site / "policy.toml").write_text(VIRTUAL_SITE_POLICY, encoding="utf-8")
     summary = ingest(site, export / "dicom", export / "labels.csv", keys=keys)
     if summary.ingested == 0:
         raise RuntimeError("the virtual site's synthetic export produced no usable image")

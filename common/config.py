@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
+PRIVACY_MODES = ("dp", "none")
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,11 @@ class TrainSettings:
     image_size: int = 64
     proximal_mu: float = 0.0
     seed: int = 0
+    rounds: int = 1
+    privacy: str = "dp"
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 8.0
+    max_grad_norm: float = 1.0
 
     def to_record(self) -> dict[str, int | float]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
@@ -68,6 +74,10 @@ class RunConfig:
     wait_for_sites: float = 120.0
     sim_patients: int = 0
     sim_cache_dir: str = ".fedrad-cache"
+    privacy: str = "dp"
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 8.0
+    max_grad_norm: float = 1.0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "RunConfig":
@@ -109,6 +119,16 @@ class RunConfig:
         for name in ("learning_rate", "server_learning_rate", "round_timeout", "wait_for_sites"):
             if not getattr(self, name) > 0:
                 problems.append(f"'{name.replace('_', '-')}' must be positive: set a value > 0")
+        if self.privacy not in PRIVACY_MODES:
+            problems.append(f"unknown privacy mode '{self.privacy}': choose 'dp' (DP-SGD at every site) "
+                            "or 'none' (non-private, marked as such in every report)")
+        if self.noise_multiplier < 0:
+            problems.append("'noise-multiplier' must be >= 0: set 0 to let each site derive it from target-epsilon")
+        if self.privacy == "dp" and self.noise_multiplier == 0 and not self.target_epsilon > 0:
+            problems.append("'target-epsilon' must be positive when 'noise-multiplier' is 0: set a per-run "
+                            "epsilon such as 8, or a noise-multiplier")
+        if not self.max_grad_norm > 0:
+            problems.append("'max-grad-norm' must be positive: a typical value is 1.0")
         if self.proximal_mu < 0:
             problems.append("'proximal-mu' must be >= 0: set 0 to disable the proximal term")
         if self.min_sites > self.sites:
@@ -128,6 +148,11 @@ class RunConfig:
             image_size=self.image_size,
             proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
             seed=self.seed,
+            rounds=self.rounds,
+            privacy=self.privacy,
+            noise_multiplier=self.noise_multiplier,
+            target_epsilon=self.target_epsilon,
+            max_grad_norm=self.max_grad_norm,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ ARRAYS = "arrays"  # ArrayRecord: model weights
 CONFIG = "config"  # ConfigRecord: TrainSettings of the round
 METRICS = "metrics"  # MetricRecord: numbers the site reports
 SITE = "site"  # ConfigRecord: the site's public name
+PRIVACY = "privacy"  # ConfigRecord: the site's mechanism this round and its cumulative epsilon
 
 SITE_NAME = "name"
 NUM_EXAMPLES = "num-examples"  # the weight of a site's update and metrics

@@ -23,9 +23,17 @@ def summary_lines(run_dir: Path) -> list[str]:
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = history[-1]
     lines = [f"{len(history)} round(s) with {len(last['sites'])} site(s); after the last round:"]
+    privacy = (last.get("privacy") or {}).get("sites", {})
     for site, metrics in sorted(last["sites"].items()):
         auc = (metrics.get("evaluate") or {}).get("eval-auc")
-        lines.append(f"  {site}: validation AUC {auc:.3f}" if auc is not None else f"  {site}: no evaluation")
+        line = f"  {site}: validation AUC {auc:.3f}" if auc is not None else f"  {site}: no evaluation"
+        report = privacy.get(site) or {}
+        if report.get("mode") == "dp":
+            line += (f"; epsilon {report['epsilon']:.2f} at delta {report['delta']:.1e} "
+                     f"(cumulative, per patient, {report['accountant']})")
+        elif report:
+            line += "; NON-PRIVATE"
+        lines.append(line)
     if last.get("heldout"):
         held = last["heldout"]
         lines.append(f"  held-out hospital: AUC {held['auc']:.3f}, sensitivity {held['sensitivity']:.3f}, "
@@ -55,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return completed.returncode or 1
     print(f"\nfedrad demo finished in {time.perf_counter() - started:.0f} s")
     print("\n".join(summary_lines(run_dir)))
-    print(f"results: {run_dir}  (metrics.jsonl, checkpoints/, model.safetensors)")
+    print(f"results: {run_dir}  (metrics.jsonl, model_card.md, checkpoints/, model.safetensors)")
     return 0
 
 

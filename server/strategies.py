@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
-from common import messages as keys
+from common import messages as wire
 from common.config import RunConfig
 
 
@@ -17,9 +17,9 @@ def _common(config: RunConfig) -> dict:
         min_train_nodes=config.sites,
         min_evaluate_nodes=config.sites,
         min_available_nodes=config.sites,
-        weighted_by_key=keys.NUM_EXAMPLES,
-        arrayrecord_key=keys.ARRAYS,
-        configrecord_key=keys.CONFIG,
+        weighted_by_key=wire.NUM_EXAMPLES,
+        arrayrecord_key=wire.ARRAYS,
+        configrecord_key=wire.CONFIG,
     )
 
 

@@ -13,7 +13,7 @@ from client.virtual_site import ensure_virtual_site
 from server.local_simulation import LocalSimulation
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"image-size": 16, "local-epochs": 1, "batch-size": 16, "sim-patients": 16, "seed": 3}
+TINY = {"image-size": 16, "local-epochs": 1, "batch-size": 4, "sim-patients": 16, "seed": 3}
 
 
 def _run(tmp_path, *, sites, rounds, **settings):
@@ -36,6 +36,8 @@ def test_two_sites_two_rounds_end_to_end(tmp_path):
         assert line["failures"] == []
         assert line["train"]["num-examples"] > 0 and line["train"]["train-loss"] > 0
         assert 0.0 <= line["heldout"]["auc"] <= 1.0
+        for report in line["privacy"]["sites"].values():
+            assert report["mode"] == "dp" and report["unit"] == "patient" and report["epsilon"] > 0
         assert line["wall_seconds"]["round"] > 0
     assert (run_dir / "model.safetensors").stat().st_size > 0
     assert (run_dir / "checkpoints" / "round-0002.json").exists()
@@ -43,13 +45,22 @@ def test_two_sites_two_rounds_end_to_end(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_a_failing_site_is_reported_and_the_round_goes_on(tmp_path):
-    broken = ensure_virtual_site(tmp_path / "cache", partition_id=1, seed=TINY["seed"], patients=TINY["sim-patients"])
-    os.chmod(broken / "keys" / "kek", 0o644)  # the site refuses a key file others can read
-    completed, run_dir = _run(tmp_path, sites=3, rounds=1, min_sites=2)
+def test_a_failing_site_and_a_declining_site_are_reported_and_the_run_goes_on(tmp_path):
+    def site(partition):
+        return ensure_virtual_site(tmp_path / "cache", partition_id=partition, seed=TINY["seed"],
+                                   patients=TINY["sim-patients"])
+
+    os.chmod(site(1) / "keys" / "kek", 0o644)  # the site refuses a key file others can read
+    (site(2) / "policy.toml").write_text("[privacy]\nmax-epsilon = 0.01\n")  # its budget is spent at once
+    completed, run_dir = _run(tmp_path, sites=3, rounds=1, min_sites=1)
     assert completed.returncode == 0, completed.stdout[-3000:]
     (line,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert sorted(line["sites"]) == ["site-000", "site-002"]
-    (failure,) = [f for f in line["failures"] if f["phase"] == "train"]
-    assert failure["site"] == "site-001" and failure["kind"] == "SiteKeyError"
-    assert "chmod" in failure["reason"]
+    assert [site for site, metrics in sorted(line["sites"].items()) if metrics["train"]] == ["site-000"]
+    assert sorted(line["privacy"]["sites"]) == ["site-000"]
+    train_failures = {f["site"]: f for f in line["failures"] if f["phase"] == "train"}
+    assert train_failures["site-001"]["kind"] == "SiteKeyError" and "chmod" in train_failures["site-001"]["reason"]
+    assert train_failures["site-002"]["declined"] == "privacy-budget"
+    assert "site site-002 declined: privacy budget" in completed.stdout
+    assert line["privacy"]["sites"]["site-000"]["epsilon"] > 0
+    card = (run_dir / "model_card.md").read_text()
+    assert "privacy unit is the **patient**" in card and "site-000" in card
