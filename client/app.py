@@ -9,6 +9,7 @@ import zlib
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
 from client.keys import SiteKeyError
 from client.private_training import DPConfig, train_private
@@ -25,7 +26,20 @@ from common.evaluation import evaluate as evaluate_model
 from common.model import build_model
 from common.weights import load_record, to_record
 
-app = ClientApp()
+
+
+def client_dp_mod(msg: Message, context: Context, call_next) -> Message:
+    """Apply Flower's client-side clipping mod when the run asks for client-level DP."""
+    config = msg.content.config_records.get(wire.CONFIG) if msg.has_content() else None
+    mode = config.get("client-dp", "none") if config is not None else "none"
+    if msg.metadata.message_type == "train" and mode == "fixed":
+        return fixedclipping_mod(msg, context, call_next)
+    if msg.metadata.message_type == "train" and mode == "adaptive":
+        return adaptiveclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[client_dp_mod])
 
 # Failures a site reports to the coordinator as a typed error reply (kind + message).
 SITE_FAILURES = (SiteKeyError, StoreError, NoSiteData, SiteConfigError, LedgerError, PolicyError,
@@ -70,8 +84,9 @@ def train(msg: Message, context: Context) -> Message:
                           node_config=context.node_config, non_private_steps=non_private_steps)
     if settings.privacy == "dp":
         dp = DPConfig(noise_multiplier=charge.noise_multiplier, max_grad_norm=settings.max_grad_norm)
+        # The secret keeps the coordinator from replaying the sampling and the noise.
         result, _ = train_private(model, data.train_images, data.train_labels, data.train_patients,
-                                  settings, dp, seed=seed)
+                                  settings, dp, seed=seed, secret=site.keys.site_secret)
     else:
         result = train_locally(model, data.train_images, data.train_labels, settings, seed=seed)
     spent = settle_round(charge, result.steps)

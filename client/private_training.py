@@ -12,27 +12,37 @@ Each optimizer step is one Sampled Gaussian Mechanism step over *patients*:
 Adding or removing one patient (all of their images) therefore changes each step's
 clipped sum by at most C, and a round is `steps` compositions of the SGM with
 (sigma, q): the history entry `(noise_multiplier, sample_rate, steps)` that the site's
-privacy ledger accounts. Opacus' own accountant is not used: the ledger is the source
-of truth.
+privacy ledger accounts. The ledger is the source of truth; Opacus' accountant (one per
+round) only cross-checks that its recorded history equals the plan.
 
 q is the rate Opacus' front door actually samples at, `1 / ceil(patients / batch-size)`
-(`DPDataLoader.from_data_loader` uses `1 / len(data_loader)`), and an epoch is
-`int(1 / q)` = `ceil(patients / batch-size)` steps; the expected number of patients per
-step is `patients * q` <= batch-size (equal when batch-size divides the patient count).
+(`DPDataLoader.from_data_loader` uses `1 / len(data_loader)`), and an epoch is Opacus'
+`int(1 / q)` steps; the expected number of patients per step is `patients * q` <=
+batch-size (equal when batch-size divides the patient count).
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
-from opacus import PrivacyEngine
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+_ROOT_HANDLERS = list(logging.getLogger().handlers)
+from opacus import PrivacyEngine  # noqa: E402
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping  # noqa: E402
+from opacus.validators import ModuleValidator  # noqa: E402
+
+# Opacus calls logging.basicConfig() on import, which adds a root handler and prints every
+# Flower log line twice; the site's logging configuration is not Opacus' to change.
+logging.getLogger().handlers[:] = _ROOT_HANDLERS
 
 from client.training import TrainResult
 from common.config import TrainSettings
@@ -44,6 +54,10 @@ GRAD_SAMPLE_MODES = {
     "functorch": "torch.func vmap over the whole layer",
     "ghost": "fast gradient clipping: norms first, then a second, re-weighted backward",
 }
+# Opacus' hooks on the first layer (whose input needs no gradient) make torch warn on
+# every backward pass; the per-sample gradients are right (tests compare all modes).
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
+                        "respect to module outputs", category=UserWarning)
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"  # fastest correct mode for the fedrad CNN (benchmarks/dp_overhead.py)
 
 
@@ -78,12 +92,14 @@ class StepPlan:
     patients: int
 
 
-def _steps_per_epoch(patients: int, batch_size: int) -> int:
-    return -(-patients // batch_size)  # len(DataLoader(patients, batch_size)), drop_last=False
-
-
 def plan_round(patients: int, settings: TrainSettings) -> StepPlan:
-    """The sample rate and step count of a round over `patients` patients."""
+    """The sample rate and step count of a round over `patients` patients.
+
+    Mirrors Opacus' front door exactly: `DPDataLoader.from_data_loader` samples at
+    q = 1 / len(DataLoader(patients, batch_size)) = 1 / ceil(patients / batch-size), and
+    its `UniformWithReplacementSampler` yields `int(1 / q)` batches per epoch (which
+    floating point makes one less than ceil(patients / batch-size) for some sizes, 93 say).
+    """
     if patients < 2:
         raise ValueError(
             f"private training needs at least 2 training patients, the site has {patients}: "
@@ -97,11 +113,8 @@ def plan_round(patients: int, settings: TrainSettings) -> StepPlan:
         )
     if settings.local_epochs < 1:
         raise ValueError("local-epochs must be >= 1: set local-epochs to at least 1")
-    per_epoch = _steps_per_epoch(patients, settings.batch_size)
-    sample_rate = 1 / per_epoch  # exactly what DPDataLoader.from_data_loader samples at
-    if int(1 / sample_rate) != per_epoch:  # UniformWithReplacementSampler's step count
-        raise AssertionError("Opacus' step count differs from the plan")
-    return StepPlan(sample_rate=sample_rate, steps=settings.local_epochs * per_epoch, patients=patients)
+    sample_rate = 1 / -(-patients // settings.batch_size)
+    return StepPlan(sample_rate=sample_rate, steps=settings.local_epochs * int(1 / sample_rate), patients=patients)
 
 
 class PatientImages(Dataset):
@@ -136,17 +149,57 @@ def group_by_patient(patients: Sequence[str]) -> list[torch.Tensor]:
     return [torch.tensor(indices, dtype=torch.int64) for indices in groups.values()]
 
 
-def _seeds(seed: int) -> tuple[int, int, int]:
-    """Independent seeds for patient sampling, image choice and noise."""
-    sampling, choice, noise = np.random.SeedSequence([seed & 0xFFFFFFFF, 0xD95]).generate_state(3, np.uint64)
-    return int(sampling), int(choice), int(noise)
+def _seeds(seed: int, secret: bytes) -> tuple[int, int, int]:
+    """Seeds for patient sampling, image choice and noise: HMAC-SHA256(secret, seed).
+
+    Whoever knows these seeds can replay the sample and subtract the noise, which voids
+    the guarantee; with the site's secret as key, only the site can.
+    """
+    digest = hmac.new(secret, b"fedrad-dp-sgd:" + str(int(seed)).encode(), hashlib.sha256).digest()
+    return tuple(int.from_bytes(digest[i : i + 8], "big") for i in (0, 8, 16))  # type: ignore[return-value]
 
 
-def patient_dataset(images: torch.Tensor, labels: torch.Tensor, patients: Sequence[str], *,
-                    seed: int) -> PatientImages:
+def patient_dataset(images: torch.Tensor, labels: torch.Tensor, patients: Sequence[str], *, seed: int,
+                    dataset_class: type[PatientImages] = PatientImages) -> PatientImages:
+    """The patients of a training split as a dataset (item i: one image of patient i)."""
     if not (len(images) == len(labels) == len(patients)):
         raise ValueError("images, labels and patient keys must have one entry per training image")
-    return PatientImages(images, labels.float(), group_by_patient(patients), seed=seed)
+    return dataset_class(images, labels.float(), group_by_patient(patients), seed=seed)
+
+
+def _empty_gradients(optimizer: DPOptimizer) -> None:
+    """Gradients of an empty batch, in the form the Opacus optimizer reads.
+
+    Not every grad-sample mode can run the model on zero images ("ew" and "functorch"
+    fail), and the step must still happen: skipping it would reveal that nobody was
+    sampled, and the plan counts it. Zero per-patient gradients plus Opacus' noise is
+    exactly the Sampled Gaussian Mechanism's output for an empty sample. The ghost
+    clipping optimizer reads the (already clipped) sum from `p.grad`; the others read
+    the per-sample gradients `p.grad_sample`.
+    """
+    for p in optimizer.params:
+        p.grad = torch.zeros_like(p)
+        if not isinstance(optimizer, DPOptimizerFastGradientClipping):
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+
+
+def _add_proximal_term(optimizer: torch.optim.Optimizer, mu: float) -> None:
+    """FedProx: add mu * (w - w_global) to the privatised gradient before each update.
+
+    The term does not depend on any patient, so adding it after clipping and noise is
+    post-processing and leaves the guarantee unchanged. (Opacus' DPOptimizer sets
+    `p.grad` to the noisy average, then calls this optimizer's `step`, which runs the
+    pre-hook first.)
+    """
+    anchors = {p: p.detach().clone() for group in optimizer.param_groups for p in group["params"]}
+
+    def hook(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        with torch.no_grad():
+            for p, anchor in anchors.items():
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - anchor, alpha=mu)
+
+    optimizer.register_step_pre_hook(hook)
 
 
 def train_private(
@@ -158,30 +211,39 @@ def train_private(
     dp: DPConfig,
     *,
     seed: int,
-    dataset: PatientImages | None = None,
+    secret: bytes = b"",
+    dataset_class: type[PatientImages] = PatientImages,
 ) -> tuple[TrainResult, StepPlan]:
     """Train `model` in place with patient-level DP-SGD (Adam on the privatised gradient).
 
-    Returns the training summary and the plan actually executed: its `(sample_rate,
-    steps)` with `dp.noise_multiplier` is the round's accountant history entry.
-    `dataset` (a `PatientImages` over the same data) is only for instrumentation.
+    `patients` holds the opaque patient key of each image. Returns the training summary
+    and the plan actually executed: `(dp.noise_multiplier, plan.sample_rate, plan.steps)`
+    is the round's accountant history entry. The same `seed` and `secret` give the same
+    weights. `secret` keys the derivation of the sampling, image-choice and noise seeds:
+    a site passes a secret the coordinator does not hold (its site secret), otherwise
+    anyone who knows `seed` can reproduce the noise and remove it. The empty default is
+    for tests and benchmarks.
+    With `settings.proximal_mu > 0` the FedProx term is added after privatisation.
+    `dataset_class` lets tests observe the items each step draws.
     """
     if len(images) == 0:
         raise ValueError("the training split is empty: ingest labelled images into the site store")
-    if settings.proximal_mu > 0:
-        raise ValueError("FedProx (proximal-mu > 0) is not supported with DP-SGD: use strategy fedavg or fedadam")
     started = time.perf_counter()
-    sampling_seed, choice_seed, noise_seed = _seeds(seed)
-    if dataset is None:
-        dataset = patient_dataset(images, labels, patients, seed=choice_seed)
+    sampling_seed, choice_seed, noise_seed = _seeds(seed, secret)
+    dataset = patient_dataset(images, labels, patients, seed=choice_seed, dataset_class=dataset_class)
     plan = plan_round(len(dataset), settings)
     ModuleValidator.validate(model, strict=True)
 
     loader = DataLoader(dataset, batch_size=settings.batch_size, num_workers=0,
                         generator=torch.Generator().manual_seed(sampling_seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    if settings.proximal_mu > 0:
+        _add_proximal_term(optimizer, settings.proximal_mu)
     criterion = nn.BCEWithLogitsLoss()
-    engine = PrivacyEngine(secure_mode=False)
+    # secure_mode=False: seeded torch generators, so a round is reproducible from its seed
+    # and secret (Opacus' secure mode draws from a CSPRNG and hardens the noise against
+    # floating-point attacks, but cannot be seeded).
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     private = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -206,21 +268,27 @@ def train_private(
         for _ in range(settings.local_epochs):
             for batch_images, batch_targets in dp_loader:
                 dp_optimizer.zero_grad(set_to_none=True)
-                loss = criterion(dp_model(batch_images), batch_targets)
-                loss.backward()
-                dp_optimizer.step()
-                steps += 1
-                if len(batch_targets):
+                if len(batch_targets) == 0:  # Poisson sampled nobody: the step is noise only
+                    _empty_gradients(dp_optimizer)
+                else:
+                    loss = criterion(dp_model(batch_images), batch_targets)
+                    loss.backward()
                     total_loss += loss.item() * len(batch_targets)
                     total_seen += len(batch_targets)
+                dp_optimizer.step()
+                steps += 1
     finally:
         dp_optimizer.zero_grad(set_to_none=True)
         dp_model._close()  # removes Opacus' hooks and per-sample attributes from `model`
-    if steps != plan.steps:
+        for p in model.parameters():
+            if hasattr(p, "summed_grad"):  # the one attribute Opacus' cleanup leaves behind
+                del p.summed_grad
+    # Opacus' accountant hook runs once per noisy optimizer step: its history must be the plan.
+    if steps != plan.steps or engine.accountant.history != [(dp.noise_multiplier, plan.sample_rate, plan.steps)]:
         raise AssertionError(f"took {steps} DP-SGD steps but planned {plan.steps}")
     result = TrainResult(
         loss=total_loss / max(total_seen, 1),
-        examples=total_seen,
+        examples=len(images),
         steps=steps,
         seconds=time.perf_counter() - started,
     )

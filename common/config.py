@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 PRIVACY_MODES = ("dp", "none")
+CLIENT_DP_MODES = ("none", "fixed", "adaptive")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,7 @@ class TrainSettings:
     noise_multiplier: float = 0.0
     target_epsilon: float = 8.0
     max_grad_norm: float = 1.0
+    client_dp: str = "none"
 
     def to_record(self) -> dict[str, int | float]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
@@ -78,6 +80,9 @@ class RunConfig:
     noise_multiplier: float = 0.0
     target_epsilon: float = 8.0
     max_grad_norm: float = 1.0
+    client_dp: str = "none"
+    client_dp_noise: float = 1.0
+    client_dp_clip: float = 1.0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "RunConfig":
@@ -129,6 +134,11 @@ class RunConfig:
                             "epsilon such as 8, or a noise-multiplier")
         if not self.max_grad_norm > 0:
             problems.append("'max-grad-norm' must be positive: a typical value is 1.0")
+        if self.client_dp not in CLIENT_DP_MODES:
+            problems.append(f"unknown client-dp mode '{self.client_dp}': choose none, fixed (clip each site's "
+                            "update, noise at the server) or adaptive (the same with adaptive clipping)")
+        if self.client_dp != "none" and not (self.client_dp_noise > 0 and self.client_dp_clip > 0):
+            problems.append("'client-dp-noise' and 'client-dp-clip' must be positive with client-dp: e.g. 1.0 and 1.0")
         if self.proximal_mu < 0:
             problems.append("'proximal-mu' must be >= 0: set 0 to disable the proximal term")
         if self.min_sites > self.sites:
@@ -153,6 +163,7 @@ class RunConfig:
             noise_multiplier=self.noise_multiplier,
             target_epsilon=self.target_epsilon,
             max_grad_norm=self.max_grad_norm,
+            client_dp=self.client_dp,
         )
 
     def to_dict(self) -> dict[str, Any]:

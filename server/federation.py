@@ -156,7 +156,12 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
         if checkpoint.server_round >= config.rounds:
             raise FederationError(f"the checkpoint is already at round {checkpoint.server_round}: set "
                                   f"'rounds' above it to train further")
-        weights, history = checkpoint.weights, checkpoint.history
+        if set(checkpoint.weights) != set(weights) or any(
+                checkpoint.weights[k].shape != weights[k].shape for k in weights):
+            raise FederationError("the checkpoint holds a different model (another image-size or version): "
+                                  "resume with the run config it was made with (see its round-NNNN.json)")
+        # In the model's own order: Flower's clipping mods compare array names in order.
+        weights, history = {k: checkpoint.weights[k] for k in weights}, checkpoint.history
         restore_strategy_state(strategy, checkpoint.strategy_state)
         say(f"resuming from round {checkpoint.server_round}")
     arrays = ArrayRecord(weights)

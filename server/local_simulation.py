@@ -9,16 +9,37 @@ tests and the benchmarks use; a user can equally type `flwr run .` (see README).
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CONNECTION = "fedrad-local"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: Flower's status (e.g. `finished:completed`) and its streamed log.
+
+    `flwr run --stream` exits 0 even when the run fails, so the status comes from the
+    SuperLink (`flwr ls --run-id`), not from the command's exit code.
+    """
+
+    status: str
+    stdout: str
+    run_id: int | None
+
+    @property
+    def returncode(self) -> int:
+        return 0 if self.status == "finished:completed" else 1
 
 
 def _free_port() -> int:
@@ -115,7 +136,7 @@ class LocalSimulation:
         return self
 
     def run(self, *, sites: int, run_config: dict, concurrency: int | None = None,
-            timeout: float | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+            timeout: float | None = None, capture: bool = False) -> RunOutcome:
         """`flwr run <app> --stream` with `sites` simulated SuperNodes; returns when the run ends.
 
         `concurrency` sites train at once (default: all of them, at most 8), each in a Ray
@@ -130,9 +151,43 @@ class LocalSimulation:
                    "--federation-config", federation]
         if overrides:
             command += ["--run-config", overrides]
-        return subprocess.run(command, env=self.env, cwd=self.app_dir, timeout=timeout, text=True,
-                              stdout=subprocess.PIPE if capture else None,
-                              stderr=subprocess.STDOUT if capture else None)
+        process = subprocess.Popen(command, env=self.env, cwd=self.app_dir, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines: list[str] = []
+
+        def pump() -> None:
+            for line in process.stdout:
+                lines.append(line)
+                if not capture:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            lines.append(f"\n[fedrad] the run did not finish within {timeout:.0f} s; stopped\n")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            reader.join(timeout=10)
+        output = "".join(lines)
+        found = re.search(r"Successfully started run (\d+)", output)
+        run_id = int(found.group(1)) if found else None
+        return RunOutcome(self._status(run_id) if run_id else "not-started", output, run_id)
+
+    def _status(self, run_id: int) -> str:
+        """The run's final status from the SuperLink, e.g. `finished:completed`."""
+        listing = subprocess.run([str(self.bin_dir / "flwr"), "ls", CONNECTION, "--run-id", str(run_id),
+                                  "--format", "json"], env=self.env, cwd=self.app_dir, text=True,
+                                 capture_output=True, timeout=60)
+        try:
+            runs = json.loads(listing.stdout).get("runs", [])
+        except ValueError:
+            return "unknown"
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     def stop(self) -> None:
         """Stop the SuperLink and every process it spawned (SuperExec, simulation, Ray)."""

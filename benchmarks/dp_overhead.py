@@ -1,0 +1,214 @@
+"""DP-SGD overhead: patient-level DP-SGD step vs the non-private step, same model and batch.
+
+Both sides train build_model(64) (the default CNN) with Adam and BCE-with-logits on the
+same batch of 32 images of 64x64 pixels; the DP side is Opacus' `make_private` exactly as
+`client.private_training.train_private` calls it (sigma 1, C 1), one row per grad-sample
+mode, plus "hooks" with physical batches of 8 (Opacus' BatchMemoryManager way: skip-step
+per physical batch, one noisy step per logical batch).
+
+Time: every variant lives in this one process; each iteration runs one step of every
+variant, in rotating order, after a warm-up; the figure is the median step time.
+Peak memory: each variant runs in a fresh subprocess that builds its model, data and
+optimiser, resets the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5), runs the
+steps and reads `VmHWM`; "peak MB" is that peak minus the RSS before the first step,
+i.e. what the training steps themselves add (activations, per-sample gradients, Adam
+state, allocator caches), not the ~300 MB of torch itself.
+A last table times whole rounds, `train` vs `train_private` ("hooks" and "ew") on one
+synthetic site (640 images of 320 patients; DP: q = 0.1, 10 Poisson steps/epoch of ~32
+patients, where "ew" switches to a slower kernel below 32), as seconds per step.
+
+    .venv/bin/python benchmarks/dp_overhead.py [--threads 2 1] [--steps 40]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from _common import REPO, write_result
+
+sys.path.insert(0, str(REPO))
+warnings.filterwarnings("ignore")
+
+from client.private_training import DEFAULT_GRAD_SAMPLE_MODE, DPConfig, train_private  # noqa: E402
+from client.training import train  # noqa: E402
+from common.config import TrainSettings  # noqa: E402
+from common.model import build_model  # noqa: E402
+
+IMAGE_SIZE, BATCH = 64, 32
+VARIANTS = ("plain", "hooks", "ew", "functorch", "ghost", "hooks/phys8")
+TARGET = 1.3
+
+
+def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor):
+    """A closure running one training step of `variant` on the given batch."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = build_model(IMAGE_SIZE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
+    criterion: nn.Module = nn.BCEWithLogitsLoss()
+    if variant == "plain":
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            criterion(model(images), targets).backward()
+            optimizer.step()
+        return step
+
+    mode, _, physical = variant.partition("/phys")
+    loader = DataLoader(TensorDataset(images.repeat(10, 1, 1, 1), targets.repeat(10)), batch_size=BATCH)
+    private = PrivacyEngine(accountant="rdp", secure_mode=False).make_private(
+        module=model, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=1.0,
+        max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode,
+        noise_generator=torch.Generator().manual_seed(0))
+    dp_model, dp_optimizer = private[0], private[1]
+    dp_criterion = private[2] if len(private) == 4 else criterion
+    chunks = list(zip(images.split(int(physical)), targets.split(int(physical)))) if physical else [(images, targets)]
+
+    def dp_step() -> None:
+        for index, (x, y) in enumerate(chunks):
+            dp_optimizer.zero_grad(set_to_none=True)
+            dp_criterion(dp_model(x), y).backward()
+            dp_optimizer.signal_skip_step(do_skip=index < len(chunks) - 1)
+            dp_optimizer.step()
+    return dp_step
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(BATCH, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+            (torch.rand(BATCH, generator=generator) > 0.5).float())
+
+
+def time_steps(variants: list[str], steps: int, warmup: int) -> dict[str, float]:
+    images, targets = batch()
+    runners = {variant: make_step(variant, images, targets) for variant in variants}
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    for iteration in range(warmup + steps):
+        shift = iteration % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            started = time.perf_counter()
+            runners[variant]()
+            if iteration >= warmup:
+                times[variant].append(time.perf_counter() - started)
+    return {variant: statistics.median(values) * 1000 for variant, values in times.items()}
+
+
+def _status_kb(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def memory_child(variant: str, steps: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    images, targets = batch()
+    step = make_step(variant, images, targets)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status_kb("VmRSS")
+    for _ in range(steps):
+        step()
+    print(json.dumps({"growth_mb": (_status_kb("VmHWM") - before) / 1024, "rss_before_mb": before / 1024,
+                      "peak_rss_mb": _status_kb("VmHWM") / 1024}))
+
+
+def peak_memory(variant: str, steps: int, threads: int) -> dict:
+    completed = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--steps", str(steps),
+                                "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def synthetic_site(patients: int = 320, per_patient: int = 2):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(patients * per_patient, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    labels = torch.randint(0, 2, (patients * per_patient,), generator=generator)
+    keys = tuple(f"patient-{i % patients}" for i in range(patients * per_patient))
+    return images, labels, keys
+
+
+def time_rounds(modes: list[str], repeats: int) -> dict[str, float]:
+    """ms per step of whole rounds: `train` and `train_private` per mode, alternating."""
+    images, labels, keys = synthetic_site()
+    settings = TrainSettings(local_epochs=1, batch_size=BATCH, image_size=IMAGE_SIZE)
+    per_step: dict[str, list[float]] = {name: [] for name in ["plain", *modes]}
+    for repeat in range(repeats + 1):
+        results = {"plain": train(build_model(IMAGE_SIZE), images, labels, settings, seed=repeat)}
+        for mode in modes:
+            results[mode], _ = train_private(build_model(IMAGE_SIZE), images, labels, keys, settings,
+                                             DPConfig(noise_multiplier=1.0, grad_sample_mode=mode), seed=repeat)
+        if repeat:  # the first round of each is warm-up
+            for name, result in results.items():
+                per_step[name].append(result.seconds / result.steps)
+    return {name: statistics.median(values) * 1000 for name, values in per_step.items()}
+
+
+def step_table(variants: list[str], threads: int, args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(threads)
+    step_ms = time_steps(variants, args.steps, args.warmup)
+    memory = {variant: peak_memory(variant, args.memory_steps, threads) for variant in variants}
+    print(f"\nbuild_model({IMAGE_SIZE}), batch {BATCH}, Adam, torch threads {threads}, "
+          f"median of {args.steps} steps after {args.warmup} warm-up, alternating in one process")
+    print(f"{'mode':14s} {'step ms':>8s} {'ratio':>6s} {'peak MB':>8s} {'ratio':>6s} {'process MB':>10s}")
+    rows = []
+    for variant in variants:
+        row = {"mode": variant, "threads": threads, "step_ms": round(step_ms[variant], 1),
+               "time_ratio": round(step_ms[variant] / step_ms["plain"], 2),
+               "peak_mb": round(memory[variant]["growth_mb"], 1),
+               "memory_ratio": round(memory[variant]["growth_mb"] / memory["plain"]["growth_mb"], 2),
+               "process_peak_rss_mb": round(memory[variant]["peak_rss_mb"], 1)}
+        rows.append(row)
+        print(f"{variant:14s} {row['step_ms']:8.1f} {row['time_ratio']:6.2f} {row['peak_mb']:8.1f} "
+              f"{row['memory_ratio']:6.2f} {row['process_peak_rss_mb']:10.0f}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch thread settings to time")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--memory-steps", type=int, default=5)
+    parser.add_argument("--round-repeats", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.steps, args.threads[0])
+        return
+    variants = ["plain"] + [v for v in args.variants if v != "plain"]
+    rows = [row for threads in args.threads for row in step_table(variants, threads, args)]
+    print("(peak MB: peak RSS during the steps minus RSS after setup, fresh process per mode; "
+          "process MB: that process's whole peak RSS, torch included)")
+
+    torch.set_num_threads(args.threads[0])
+    round_modes = [m for m in ("hooks", "ew") if m in variants] or [DEFAULT_GRAD_SAMPLE_MODE]
+    rounds = time_rounds(round_modes, args.round_repeats)
+    round_ratios = {mode: round(rounds[mode] / rounds["plain"], 2) for mode in round_modes}
+    print(f"\nwhole rounds (train vs train_private, Poisson batches of ~{BATCH} patients), "
+          f"torch threads {args.threads[0]}, ms per step:")
+    print(f"  plain {rounds['plain']:.1f}; " + "; ".join(
+        f"{mode} {rounds[mode]:.1f} (ratio {round_ratios[mode]:.2f})" for mode in round_modes))
+    write_result("dp_overhead", {
+        "target": {"time_ratio": TARGET, "memory_ratio": TARGET},
+        "setup": {"model": f"build_model({IMAGE_SIZE})", "batch_size": BATCH, "optimizer": "Adam",
+                  "noise_multiplier": 1.0, "max_grad_norm": 1.0, "threads": args.threads,
+                  "steps": args.steps, "warmup": args.warmup, "memory_steps": args.memory_steps,
+                  "memory_method": "fresh subprocess per mode; VmHWM reset via /proc/self/clear_refs after "
+                                   "setup; peak_mb = VmHWM after the steps - VmRSS before them"},
+        "default_grad_sample_mode": DEFAULT_GRAD_SAMPLE_MODE,
+        "steps": rows,
+        "round_threads": args.threads[0],
+        "round_ms_per_step": {k: round(v, 1) for k, v in rounds.items()},
+        "round_time_ratio": round_ratios,
+    })
+
+
+if __name__ == "__main__":
+    main()
