@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 app = typer.Typer(help="Run a fedrad hospital site: keys, ingest, encrypted store.", no_args_is_help=True,
@@ -25,7 +26,7 @@ Passphrase = Annotated[Optional[str], typer.Option(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")  # escape: "[deid] ..." is text, not markup
     raise typer.Exit(code=2)
 
 
@@ -83,20 +84,28 @@ def ingest(
     tensor_size: Annotated[int, typer.Option("--tensor-size", min=16, help="Side of the stored training tensors.")] = 128,
     passphrase_env: Passphrase = None,
 ) -> None:
-    """De-identify, quarantine what cannot be made safe, and encrypt into the site store."""
+    """De-identify, quarantine what cannot be made safe, and encrypt into the site store.
+
+    The de-identification options come from the [deid] table of <site-dir>/policy.toml."""
+    from client.deid import DeidConfigError
+    from client.deid_policy import deid_settings, describe
     from client.ingest import ingest as run_ingest
     from client.keys import SiteKeyError, load_keys
     from client.labels import LabelsError
+    from client.privacy import PolicyError, load_policy
     from client.store import StoreError
 
     try:
+        options, rules = deid_settings(load_policy(site_dir))
         keys = load_keys(site_dir, passphrase_env=passphrase_env)
+        console.print(f"de-identification: {describe(options, rules)}")
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console, transient=True) as bar:
             task = bar.add_task("ingesting", total=None)
-            summary = run_ingest(site_dir, dicom, labels, keys=keys, tensor_size=tensor_size,
+            summary = run_ingest(site_dir, dicom, labels, keys=keys, options=options, pixel_clean_rules=rules,
+                                 tensor_size=tensor_size,
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (SiteKeyError, StoreError, LabelsError, FileNotFoundError) as error:
+    except (SiteKeyError, StoreError, LabelsError, FileNotFoundError, PolicyError, DeidConfigError) as error:
         _fail(str(error))
     report = summary.to_dict()
     console.print(f"ingested {report['ingested']}, already in store {report['already_in_store']}, "

@@ -6,6 +6,8 @@ encrypt both into the store. Files that cannot be made safe are quarantined, fil
 cannot be used are rejected; both are counted by reason and never stop the run.
 Ingest is idempotent (a keyed hash of each file's bytes marks what is in the store) and
 resumable (the manifest is committed in batches; orphans of a killed run are removed).
+De-identification options and pixel-clean rules come from the site policy's ``[deid]``
+table (``<site-dir>/policy.toml``, see ``client.deid_policy``) unless the caller passes them.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from client.deid import DeidOptions, Deidentifier
+from client.deid import DeidOptions, Deidentifier, PixelCleanRule
 from client.keys import SiteKeys
 from client.labels import read_labels
 from client.store import SiteStore
@@ -72,16 +74,29 @@ def ingest(
     labels_csv: Path,
     *,
     keys: SiteKeys,
-    options: DeidOptions = DeidOptions(),
+    options: DeidOptions | None = None,
+    pixel_clean_rules: tuple[PixelCleanRule, ...] | None = None,
     tensor_size: int = DEFAULT_TENSOR_SIZE,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestSummary:
-    """Ingest every file under `dicom_path`; see the module docstring."""
+    """Ingest every file under `dicom_path`; see the module docstring.
+
+    `options` and `pixel_clean_rules` left as None are read from the site policy; an
+    invalid policy raises one PolicyError (TOML) or DeidConfigError ([deid]) before any
+    file is read.
+    """
     started = time.perf_counter()
+    if options is None or pixel_clean_rules is None:
+        from client.deid_policy import deid_settings
+        from client.privacy import load_policy
+
+        policy_options, policy_rules = deid_settings(load_policy(site_dir))
+        options = policy_options if options is None else options
+        pixel_clean_rules = policy_rules if pixel_clean_rules is None else pixel_clean_rules
     labels = read_labels(labels_csv)
     files = list(dicom_files(dicom_path))
     summary = IngestSummary(files=len(files))
-    deidentify = Deidentifier(site_secret=keys.site_secret, options=options)
+    deidentify = Deidentifier(site_secret=keys.site_secret, options=options, pixel_clean_rules=pixel_clean_rules)
     pixels = PixelPipeline(size=tensor_size)
     seen_uids: set[str] = set()
     with SiteStore.open_or_create(site_dir, keys) as store, _pydicom_silenced():
@@ -126,7 +141,7 @@ def _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys) -> str
     if uid not in labels:
         return "no-label"
     try:
-        result = deidentify(dataset)
+        result = deidentify(dataset, in_place=True)  # the original dataset is not used again
     except Exception:  # noqa: BLE001 - a file that breaks de-identification is never stored
         return "deidentification-failed"
     if not result.admissible:

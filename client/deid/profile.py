@@ -52,7 +52,9 @@ def _quiet_pydicom():
 class Deidentifier:
     """Apply the Basic Profile with the chosen options; quarantine burned-in risks.
 
-    Call it with a dataset; it works on a deep copy and returns a ``DeidResult``.
+    Call it with a dataset; it works on a deep copy and returns a ``DeidResult``
+    (``in_place=True``: on the dataset itself, for a caller that no longer needs the
+    original, e.g. ingest, which reads each file once; saves the copy's time).
     It never raises for a dataset's content and never logs header values: a
     failure returns ``quarantine="deid-failed"`` and logs only the exception type;
     pydicom's own warnings (which can quote values) are silenced during the call.
@@ -91,11 +93,11 @@ class Deidentifier:
         """The keyed replacement this site uses for ``uid`` (well-known UIDs unchanged)."""
         return self._remap(uid)
 
-    def __call__(self, ds: pydicom.Dataset) -> DeidResult:
+    def __call__(self, ds: pydicom.Dataset, *, in_place: bool = False) -> DeidResult:
         key = ""
         try:
             with _quiet_pydicom():
-                work = copy.deepcopy(ds)
+                work = ds if in_place else copy.deepcopy(ds)
                 ident = patient.identity(work)
                 key = patient.patient_key(self._secret, ident)
                 return self._deidentify(work, ident, key)

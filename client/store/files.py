@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import platform
 import secrets
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -13,9 +16,12 @@ from client.store.errors import StoreError
 TEMP_PREFIX = ".tmp-"
 
 
-def write_atomic(path: Path, parts: Iterable[bytes], *, sync_dir: bool = True) -> int:
+def write_atomic(path: Path, parts: Iterable[bytes], *, sync_dir: bool = True, durable: bool = True) -> int:
     """Write ``parts`` to ``path`` atomically (temp file in the same directory, fsync,
-    rename, fsync directory); files are 0600. Returns the number of bytes written."""
+    rename, fsync directory); files are 0600. Returns the number of bytes written.
+
+    ``durable=False`` skips both fsyncs: the caller must make the file durable with
+    :func:`sync_files` before anything durable names it."""
     tmp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     size = 0
@@ -26,16 +32,40 @@ def write_atomic(path: Path, parts: Iterable[bytes], *, sync_dir: bool = True) -
                 size += len(view)
                 while view:
                     view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(path.parent)
     return size
+
+
+def sync_files(directory: Path, paths: Iterable[Path]) -> None:
+    """Make ``paths`` (files written into ``directory`` with ``durable=False``) and their
+    names durable: one ``syncfs(2)`` of the file system on Linux >= 5.8 (which reports
+    write-back errors), else an fsync of each file and then of the directory."""
+    paths = list(paths)
+    if not paths:
+        return
+    if _SYNCFS is not None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(directory)
 
 
 def fsync_dir(path: Path) -> None:
@@ -44,6 +74,22 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _syncfs():
+    """libc's syncfs where it reports write-back errors (Linux >= 5.8), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        major, minor = (int(part) for part in platform.release().split(".")[:2])
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (ValueError, OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function if (major, minor) >= (5, 8) else None
+
+
+_SYNCFS = _syncfs()
 
 
 class WriterLock:

@@ -7,8 +7,10 @@ Layout (directories 0700, files 0600, all ciphertext)::
     store/.lock            the single-writer lock (empty)
 
 Each image is two objects: its de-identified DICOM and its tensor. ``add_image`` writes
-both durably at once; the record joins the manifest at ``commit()``, which replaces the
-manifest atomically. Objects never committed are orphans: ``verify()`` reports them and
+both at once; the record joins the manifest at ``commit()``, which first makes every
+object written since the last commit durable (one file-system sync for the batch) and
+then replaces the manifest atomically, so the manifest never names an object a crash
+could lose. Objects never committed are orphans: ``verify()`` reports them and
 ``collect_orphans()`` removes them. A writer (add, collect, rewrap) holds ``store/.lock``
 until ``close()``; readers take no lock. Nothing decrypted is ever written, except by
 ``export_dicom`` into the directory it is given.
@@ -26,7 +28,7 @@ import numpy as np
 from client.keys import SiteKeys
 from client.store import envelope
 from client.store.errors import StoreError
-from client.store.files import TEMP_PREFIX, WriterLock, fsync_dir, write_atomic
+from client.store.files import TEMP_PREFIX, WriterLock, fsync_dir, sync_files, write_atomic
 from client.store.manifest import Entry, ImageRecord, Manifest, check_record
 from client.store.tensor import decode_tensor, encode_tensor
 
@@ -39,6 +41,7 @@ class SiteStore:
     def __init__(self, root: Path, keys: SiteKeys, manifest: Manifest) -> None:
         self._root, self._keys = root, keys
         self._pending: dict[str, Entry] = {}
+        self._unsynced: list[Path] = []  # objects written since the last commit, not yet durable
         self._lock = WriterLock(root)
         self._set_manifest(manifest)
 
@@ -81,6 +84,7 @@ class SiteStore:
     def close(self) -> None:
         """Release the writer lock; records added but not committed become orphans."""
         self._pending.clear()
+        self._unsynced.clear()
         self._set_manifest(self._manifest)
         self._lock.release()
 
@@ -98,7 +102,8 @@ class SiteStore:
 
     def add_image(self, *, source_key: str, dicom: bytes, tensor: np.ndarray, patient_key: str,
                   label: int, meta: Mapping, split: str | None = None) -> ImageRecord:
-        """Encrypt and durably write the image's two objects; the record waits for commit()."""
+        """Encrypt and write the image's two objects; the record waits for commit(), which
+        makes them durable before the manifest names them."""
         if not isinstance(source_key, str) or not source_key:
             raise StoreError("source_key must be a non-empty string; fix: pass the ingest's HMAC "
                              "of the source")
@@ -114,17 +119,21 @@ class SiteStore:
                              "source once; fix: skip it (check has_source first)")
         entry = Entry(record=record, source_key=source_key,
                       dicom_object=secrets.token_hex(16), tensor_object=secrets.token_hex(16))
-        self._write(entry.dicom_object, dicom)
-        self._write(entry.tensor_object, payload)
+        for object_id, plaintext in ((entry.dicom_object, dicom), (entry.tensor_object, payload)):
+            self._write(object_id, plaintext, durable=False)
+            self._unsynced.append(self._objects / object_id)
         self._pending[image_id] = entry
         self._index[image_id] = entry
         self._sources.add(source_key)
         return record
 
     def commit(self) -> None:
-        """Atomically write the manifest with every pending record."""
+        """Make the pending records' objects durable, then atomically write the manifest
+        with every pending record."""
         if not self._pending:
             return
+        sync_files(self._objects, self._unsynced)
+        self._unsynced.clear()
         manifest = self._manifest.extended(tuple(self._pending.values()))
         self._write(MANIFEST_ID, manifest.to_json(), self._root / MANIFEST_ID)
         self._pending.clear()
@@ -136,8 +145,9 @@ class SiteStore:
         doomed = self._debris() + [self._objects / n for n in self._orphans()]
         for path in doomed:
             path.unlink(missing_ok=True)
-        fsync_dir(self._objects)
-        fsync_dir(self._root)
+        if doomed:  # nothing removed, nothing to make durable
+            fsync_dir(self._objects)
+            fsync_dir(self._root)
         return len(doomed)
 
     def rewrap(self, new_keys: SiteKeys) -> None:
@@ -255,11 +265,11 @@ class SiteStore:
             self._lock.acquire()
             self._set_manifest(_read_manifest(self._root, self._keys))
 
-    def _write(self, object_id: str, plaintext: bytes, path: Path | None = None) -> None:
+    def _write(self, object_id: str, plaintext: bytes, path: Path | None = None, *, durable: bool = True) -> None:
         parts = envelope.seal(plaintext, kek=self._keys.kek, key_id=self._keys.key_id,
                               site_id=self._keys.site_id, object_id=object_id,
                               chunk_size=self._manifest.chunk_size)
-        write_atomic(path or self._objects / object_id, parts)
+        write_atomic(path or self._objects / object_id, parts, durable=durable)
 
     def _read(self, object_id: str) -> bytearray:
         try:

@@ -1,0 +1,398 @@
+"""Site ingest throughput: fedrad vs dicognito vs plain pydicom, side by side on the same files.
+
+Data sets:
+- corpus: the files of pydicom's test corpus (pydicom-data included) that all three
+  tools handle: pydicom reads and writes them, dicognito anonymizes them, fedrad ingests
+  them (admissible and a usable greyscale image), one copy per distinct content;
+- synthetic: the first 2,000 images of a synthetic hospital
+  (`common.synth.write_hospital`, chest CR/DX of 320-640 pixels a side).
+
+Tools, each over every file of a data set into a fresh output, in one process, in
+rotating order per repeat (the figure is the median of the repeats):
+- `pydicom`: `dcmread` + `save_as` (what any tool pays at least);
+- `dicognito`: `dcmread`, `Anonymizer.anonymize`, `save_as` (its command line's steps);
+- `fedrad`: `client.ingest.ingest` into a fresh site: labels join, PS3.15 de-identification,
+  the pixel pipeline (128 x 128 tensors), AES-256-GCM encryption, durable writes (fsync'd
+  before each manifest commit), manifest, report;
+- `fedrad-deid-encrypt`: the same ingest with the pixel pipeline replaced by an empty
+  tensor: de-identification + encryption + store alone.
+pydicom and dicognito write plain files without fsync; fedrad's durability is included.
+
+Leaks: the identifying values of every input file (the collector of
+tests/integration/test_ingest_leak.py: names, IDs, dates, times, UIDs, private values,
+>= 6 bytes, found in the original bytes) are searched in each tool's output: for fedrad
+every file under the site directory, the decrypted store and `store export`'s DICOM.
+
+Memory: fedrad ingests 250, 500, 1,000 and 2,000 synthetic files, each in a fresh
+subprocess; peak RSS is the child's `VmHWM` (also: its peak minus its RSS after imports,
+and the sampled process-tree peak from `_common.PeakTreeMemory`).
+
+    .venv/bin/python benchmarks/ingest_throughput.py [--images 2000] [--repeats 3] [--work DIR]
+
+dicognito is a benchmark-only peer (`pip install dicognito`), not a fedrad dependency.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+
+from _common import REPO, PeakTreeMemory, write_result
+
+sys.path.insert(0, str(REPO))  # the leak test's collector lives in tests/
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+import torch  # noqa: E402
+from pydicom.data import get_testdata_files  # noqa: E402
+
+import client.ingest  # noqa: E402
+from client.deid import Deidentifier  # noqa: E402
+from client.keys import init_keys, load_keys  # noqa: E402
+from client.store import SiteStore  # noqa: E402
+from common.pixels import PixelPipeline, load_dataset  # noqa: E402
+from common.synth import write_hospital  # noqa: E402
+from tests.integration.test_ingest_leak import (  # noqa: E402
+    ValueSearch, collect_values, decrypted_blobs, tree_blobs)
+
+TOOLS = ("pydicom", "dicognito", "fedrad", "fedrad-deid-encrypt")
+TARGETS = {"fedrad/dicognito": 1.2, "fedrad/pydicom": 0.7}
+MEMORY_SIZES = (250, 500, 1000, 2000)
+_MEMORY_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 1024
+import torch; torch.set_num_threads(1)
+from client.ingest import ingest
+from client.keys import init_keys
+from client.privacy import load_policy  # imported by ingest on first use; counted in the baseline
+site, folder, labels = map(Path, sys.argv[1:4])
+keys = init_keys(site)
+baseline = rss()
+start = time.perf_counter()
+summary = ingest(site, folder, labels, keys=keys)
+print(json.dumps({"seconds": time.perf_counter() - start, "ingested": summary.ingested,
+                  "peak_rss_mb": hwm(), "rss_after_imports_mb": baseline}))
+"""
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def _write_labels(uids: list[str], out: Path) -> None:
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["SOPInstanceUID", "finding"])
+        writer.writerows((uid, i % 2) for i, uid in enumerate(dict.fromkeys(uids)))
+
+
+def corpus_set(work: Path) -> tuple[Path, Path, int]:
+    """Copy the corpus files all three tools handle into work/corpus; returns (folder,
+    labels, files excluded)."""
+    folder, labels = work / "corpus", work / "corpus-labels.csv"
+    candidates = sorted(Path(p) for p in get_testdata_files() if Path(p).is_file())
+    if folder.is_dir():
+        return folder, labels, len(candidates) - sum(1 for _ in folder.rglob("*.dcm"))
+    deid, pixels = Deidentifier(site_secret=b"benchmark eligibility check!"), PixelPipeline(size=128)
+    from dicognito.anonymizer import Anonymizer
+
+    anonymizer, seen, uids = Anonymizer(), set(), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in candidates:
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).digest()
+            if digest in seen:
+                continue
+            try:
+                pydicom.dcmread(io.BytesIO(data)).save_as(io.BytesIO())
+                ds = pydicom.dcmread(io.BytesIO(data))
+                anonymizer.anonymize(ds)
+                ds.save_as(io.BytesIO())
+                ds = load_dataset(data)
+                uid = str(ds.SOPInstanceUID)
+                result = deid(ds)
+                if not result.admissible:
+                    continue
+                pixels(result.dataset)
+            except Exception:  # noqa: BLE001 - one of the tools cannot handle it: not comparable
+                continue
+            seen.add(digest)
+            uids.append(uid)
+            target = folder / f"{len(seen):03d}" / (path.stem + ".dcm")
+            target.parent.mkdir(parents=True)
+            target.write_bytes(data)
+    _write_labels(uids, labels)
+    return folder, labels, len(candidates) - len(seen)
+
+
+def synthetic_set(work: Path, images: int) -> tuple[Path, Path, list[Path]]:
+    """A synthetic hospital with at least `images` images; returns (folder of the first
+    `images`, labels, those files)."""
+    hospital = work / f"hospital-{images}"
+    if not hospital.is_dir():
+        write_hospital(hospital, site_index=0, seed=2025, patients=int(images * 0.6) + 20)
+    files = sorted((hospital / "dicom").rglob("*.dcm"))
+    if len(files) < images:
+        raise SystemExit(f"the synthetic hospital has {len(files)} images, fewer than {images}")
+    return _subset(work, hospital, files, images), hospital / "labels.csv", files[:images]
+
+
+def _subset(work: Path, hospital: Path, files: list[Path], n: int) -> Path:
+    """A folder with the first n files, hard-linked (no copy)."""
+    folder = work / f"subset-{n}"
+    if not folder.is_dir():
+        for path in files[:n]:
+            target = folder / path.relative_to(hospital / "dicom")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    return folder
+
+
+# --- the tools ------------------------------------------------------------------------------
+
+
+def run_pydicom(files: list[Path], out: Path) -> None:
+    out.mkdir(parents=True)
+    for index, path in enumerate(files):
+        pydicom.dcmread(path, force=False).save_as(out / f"{index:05d}.dcm")
+
+
+def run_dicognito(files: list[Path], out: Path) -> None:
+    from dicognito.anonymizer import Anonymizer
+
+    out.mkdir(parents=True)
+    anonymizer = Anonymizer()
+    for index, path in enumerate(files):
+        with pydicom.dcmread(path, force=False) as ds:
+            anonymizer.anonymize(ds)
+            ds.save_as(out / f"{index:05d}.dcm")
+
+
+class _EmptyTensor:
+    """Stands in for the pixel pipeline: de-identification + encryption + store alone."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, dataset) -> np.ndarray:
+        return np.zeros((0,), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _pixel_pipeline(enabled: bool):
+    original = client.ingest.PixelPipeline
+    if not enabled:
+        client.ingest.PixelPipeline = _EmptyTensor
+    try:
+        yield
+    finally:
+        client.ingest.PixelPipeline = original
+
+
+def run_fedrad(folder: Path, labels: Path, out: Path, keys, *, pixels: bool) -> int:
+    with _pixel_pipeline(pixels):
+        summary = client.ingest.ingest(out, folder, labels, keys=keys)
+    return summary.ingested
+
+
+def measure(name: str, files: list[Path], folder: Path, labels: Path, work: Path, repeats: int) -> dict:
+    """Every tool over `files`, `repeats` times in rotating order; leaks of the last run."""
+    seconds: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+    outputs: dict[str, Path] = {}
+    for repeat in range(repeats):
+        order = TOOLS[repeat % len(TOOLS):] + TOOLS[:repeat % len(TOOLS)]
+        for tool in order:
+            out = work / "out" / f"{name}-{tool}-{repeat}"
+            keys = init_keys(out) if tool.startswith("fedrad") else None  # site setup, not ingest
+            start = time.perf_counter()
+            if tool == "pydicom":
+                run_pydicom(files, out)
+            elif tool == "dicognito":
+                run_dicognito(files, out)
+            else:
+                ingested = run_fedrad(folder, labels, out, keys, pixels=tool == "fedrad")
+                assert ingested == len(files), f"fedrad ingested {ingested} of {len(files)} files"
+            seconds[tool].append(time.perf_counter() - start)
+            if tool in outputs:
+                shutil.rmtree(outputs[tool])
+            outputs[tool] = out
+            print(f"  {name} {tool} run {repeat + 1}: {len(files) / seconds[tool][-1]:.1f} files/s", flush=True)
+    megabytes = sum(p.stat().st_size for p in files) / 1e6
+    rows = {}
+    for tool, times in seconds.items():
+        median = statistics.median(times)
+        rows[tool] = {"seconds": [round(t, 3) for t in times], "median_seconds": round(median, 3),
+                      "files_per_s": round(len(files) / median, 1), "mb_per_s": round(megabytes / median, 1),
+                      "ms_per_file": round(1000 * median / len(files), 2)}
+    ratios = {
+        "fedrad/dicognito": _ratio(seconds["dicognito"], seconds["fedrad"]),
+        "fedrad/pydicom": _ratio(seconds["pydicom"], seconds["fedrad"]),
+        "fedrad-deid-encrypt/dicognito": _ratio(seconds["dicognito"], seconds["fedrad-deid-encrypt"]),
+        "fedrad-deid-encrypt/pydicom": _ratio(seconds["pydicom"], seconds["fedrad-deid-encrypt"]),
+    }
+    return {"files": len(files), "megabytes": round(megabytes, 1), "tools": rows, "ratios": ratios,
+            "leaks": leaks(files, outputs)}
+
+
+def _ratio(peer: list[float], ours: list[float]) -> float:
+    """Throughput ratio ours / peer: the median of the per-repeat ratios (each repeat
+    measured both back to back)."""
+    return round(statistics.median(p / o for p, o in zip(peer, ours)), 3)
+
+
+def leaks(files: list[Path], outputs: dict[str, Path]) -> dict:
+    """Distinct identifying values of `files` found in each tool's output."""
+    collected = collect_values(files)
+    search = ValueSearch(collected.searchable())
+    result = {"values_searched": len(search.values), "exempt": len(collected.exempt())}
+    for tool, out in outputs.items():
+        if tool.startswith("fedrad"):
+            keys = load_keys(out)
+            export = out.parent / f"{out.name}-export"
+            SiteStore.open(out, keys).export_dicom(export)
+            blobs = [*tree_blobs(out, "site"), *tree_blobs(export, "export"), *decrypted_blobs(out, keys)]
+        else:
+            blobs = list(tree_blobs(out, tool))
+        found: set[bytes] = set()
+        leaking_files = 0
+        for _, data in blobs:
+            hits = search.find(data)
+            found |= hits
+            leaking_files += bool(hits)
+        result[tool] = {"leaked_values": len(found), "blobs_with_leaks": leaking_files, "blobs": len(blobs)}
+    return result
+
+
+def memory(work: Path, hospital_files: list[Path], labels: Path, hospital: Path) -> list[dict]:
+    rows = []
+    for n in MEMORY_SIZES:
+        if n > len(hospital_files):
+            continue
+        folder = _subset(work, hospital, hospital_files, n)
+        site = work / "out" / f"memory-{n}"
+        with PeakTreeMemory() as tree:
+            done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(site), str(folder), str(labels)],
+                                  cwd=REPO, capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-3000:])
+        child = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({"files": n, "ingested": child["ingested"], "seconds": round(child["seconds"], 2),
+                     "peak_rss_mb": round(child["peak_rss_mb"], 1),
+                     "peak_above_imports_mb": round(child["peak_rss_mb"] - child["rss_after_imports_mb"], 1),
+                     "peak_tree_mb_sampled": tree.peak_mb})
+        print(f"  memory {n} files: peak RSS {rows[-1]['peak_rss_mb']} MB", flush=True)
+        shutil.rmtree(site)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=2000, help="synthetic images (default 2000)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=None, help="keep the data here between runs")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # pydicom's warnings on the corpus' odd files, from every tool
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    work = args.work or Path(tempfile.mkdtemp(prefix="fedrad-ingest-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    try:
+        print("preparing data ...", flush=True)
+        corpus_folder, corpus_labels, excluded = corpus_set(work)
+        corpus_files = sorted(corpus_folder.rglob("*.dcm"))
+        synth_folder, synth_labels, synth_files = synthetic_set(work, args.images)
+        # warm-up: imports, first-call initialisation of torch and pydicom's handlers
+        measure("warmup", corpus_files[:5], _subset_of(work, corpus_files[:5]), corpus_labels, work, 1)
+        shutil.rmtree(work / "out")
+        results = {
+            "corpus": {**measure("corpus", corpus_files, corpus_folder, corpus_labels, work, args.repeats),
+                       "corpus_files_excluded": excluded},
+            "synthetic": measure("synthetic", synth_files, synth_folder, synth_labels, work,
+                                 max(1, args.repeats - 1)),
+        }
+        hospital = work / f"hospital-{args.images}"
+        results["memory"] = memory(work, synth_files, synth_labels, hospital)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    targets = {}
+    for data_set in ("corpus", "synthetic"):
+        for ratio, target in TARGETS.items():
+            for variant in (ratio, ratio.replace("fedrad", "fedrad-deid-encrypt")):
+                measured = results[data_set]["ratios"][variant]
+                targets[f"{data_set}: {variant} >= {target}"] = {"measured": measured, "met": measured >= target}
+        leaked = results[data_set]["leaks"]["fedrad"]["leaked_values"]
+        targets[f"{data_set}: fedrad leaked values == 0"] = {"measured": leaked, "met": leaked == 0}
+    peaks = [row["peak_rss_mb"] for row in results["memory"]]
+    if peaks:
+        growth = peaks[-1] / peaks[0]
+        targets["memory: peak RSS at 2000 files / at 250 files <= 1.1"] = {"measured": round(growth, 3),
+                                                                           "met": growth <= 1.1}
+    payload = {
+        "command": "benchmarks/ingest_throughput.py " + " ".join(sys.argv[1:]),
+        "versions": {name: version(name) for name in ("dicognito", "cryptography", "numpy")},
+        "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "notes": [
+            "ratios are throughput ratios (files/s ours / files/s peer), median over repeats, each repeat "
+            "running every tool back to back on the same files in rotating order",
+            "fedrad fsyncs its objects before each manifest commit; pydicom and dicognito do not fsync",
+            "fedrad-deid-encrypt = the real ingest with the pixel pipeline replaced by an empty tensor",
+        ],
+        "targets": targets,
+        **results,
+    }
+    write_result("ingest_throughput", payload)
+    _print_table(payload)
+
+
+def _subset_of(work: Path, files: list[Path]) -> Path:
+    folder = work / "warmup"
+    if not folder.is_dir():
+        for index, path in enumerate(files):
+            (folder / f"{index}").mkdir(parents=True)
+            os.link(path, folder / f"{index}" / path.name)
+    return folder
+
+
+def _print_table(payload: dict) -> None:
+    print(f"\n{'data set':10s} {'tool':20s} {'files/s':>8s} {'MB/s':>7s} {'ms/file':>8s} {'leaked':>7s}")
+    for data_set in ("corpus", "synthetic"):
+        block = payload[data_set]
+        for tool, row in block["tools"].items():
+            leaked = block["leaks"].get(tool, {}).get("leaked_values", "")
+            print(f"{data_set:10s} {tool:20s} {row['files_per_s']:8.1f} {row['mb_per_s']:7.1f} "
+                  f"{row['ms_per_file']:8.2f} {leaked!s:>7s}")
+        print(f"{'':10s} ratios: " + ", ".join(f"{k} {v}" for k, v in block["ratios"].items()))
+        print(f"{'':10s} values searched: {block['leaks']['values_searched']}")
+    for row in payload["memory"]:
+        print(f"memory: {row['files']:5d} files: peak RSS {row['peak_rss_mb']} MB "
+              f"({row['peak_above_imports_mb']} MB above imports), {row['seconds']} s")
+    for name, target in payload["targets"].items():
+        print(f"{'met ' if target['met'] else 'MISSED'} {name}: {target['measured']}")
+
+
+if __name__ == "__main__":
+    main()
