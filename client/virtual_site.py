@@ -16,7 +16,7 @@ from client.keys import init_keys
 from common.synth import write_hospital
 
 READY_MARK = "READY"
-FORMAT = "v2"  # bump when what a virtual site holds changes, so caches are rebuilt
+FORMAT = "v3"  # bump when what a virtual site holds changes, so caches are rebuilt
 # A synthetic hospital has no real patients: a generous lifetime budget, so demos and
 # benchmarks can run again on the cached site (its ledger still accumulates), and
 # non-private comparison runs are allowed. A real site writes its own policy.toml.

@@ -19,8 +19,11 @@ from common.pixels import PixelPipeline, load_dataset
 from common.synth import HELD_OUT_SITE_INDEX, write_hospital
 
 
+FORMAT = "v3"  # bump with the synthetic generator's output, so caches are rebuilt
+
+
 def _ensure_export(cache_dir: Path, seed: int, patients: int) -> Path:
-    export = cache_dir / f"heldout-seed{seed}-p{patients}"
+    export = cache_dir / f"heldout-{FORMAT}-seed{seed}-p{patients}"
     if (export / "labels.csv").exists():
         return export
     building = export.with_name(f"{export.name}.building-{os.getpid()}")

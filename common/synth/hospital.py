@@ -51,9 +51,9 @@ def write_hospitals(out: Path, *, sites: int, seed: int = 0, patients: int | Non
 def write_hospital(out_dir: Path, *, site_index: int, seed: int = 0, patients: int | None = None) -> HospitalSummary:
     """Write one synthetic hospital's DICOM export and labels into `out_dir` (which must not exist yet, or be empty)."""
     if site_index < 0:
-        raise ValueError("site_index must be >= 0")
+        raise ValueError("site_index must be a non-negative integer: use 0, 1, 2, ... (or HELD_OUT_SITE_INDEX)")
     if patients is not None and patients < 1:
-        raise ValueError("patients must be at least 1, or None for the site's default")
+        raise ValueError("patients must be at least 1: pass patients >= 1, or None for the site's default")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError("the output folder of a synthetic hospital already exists and is not empty: choose a new folder or remove it")

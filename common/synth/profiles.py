@@ -71,7 +71,7 @@ class SiteProfile:
     gamma: float
     edge_enhance: float
     collimation_mm: tuple[float, float, float, float]  # top, bottom, left, right
-    collimation_fill: float  # attenuation shown outside the collimated field
+    collimation_fill: float  # shown outside the collimated field: 0 = electronic shutter (black)
     marker: str
     marker_corner: str
     marker_height_mm: float
@@ -102,7 +102,7 @@ def sample_profile(*, seed: int, site_index: int) -> SiteProfile:
     columns = int(round(rng.uniform(fov_low, fov_high) / spacing))
     rows, columns = (min(MAX_MATRIX, max(MIN_MATRIX, n)) for n in (rows, columns))
     collimation = tuple(
-        float(rng.uniform(4.0, 28.0)) if rng.random() < 0.7 else 0.0 for _ in range(4)
+        float(rng.uniform(3.0, 20.0)) if rng.random() < 0.6 else 0.0 for _ in range(4)
     )
     marker, corner = MARKERS[int(rng.integers(len(MARKERS)))]
     single = float(rng.uniform(0.25, 0.5))
@@ -127,7 +127,7 @@ def sample_profile(*, seed: int, site_index: int) -> SiteProfile:
         gamma=float(rng.uniform(0.85, 1.2)),
         edge_enhance=float(rng.uniform(0.0, 0.8)),
         collimation_mm=collimation,  # type: ignore[arg-type]
-        collimation_fill=1.0 if rng.random() < 0.6 else 0.0,
+        collimation_fill=0.0 if rng.random() < 0.7 else float(rng.uniform(0.75, 0.9)),
         marker=marker,
         marker_corner=corner,
         marker_height_mm=float(rng.uniform(10.0, 20.0)),
