@@ -14,6 +14,7 @@ reset it.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,12 @@ class RoundCharge:
     plan: StepPlan
 
 
+@functools.lru_cache(maxsize=64)
+def _run_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """The run's noise multiplier: the same for every round of a run, so computed once."""
+    return noise_for_target_epsilon(target_epsilon, delta, sample_rate, steps)
+
+
 def dataset_key(site_secret: bytes) -> str:
     """The site's dataset id in its privacy ledger."""
     return "site-" + hmac.new(site_secret, b"fedrad/ledger-dataset", "sha256").hexdigest()[:24]
@@ -59,7 +66,7 @@ def charge_round(site_dir: Path, site_secret: bytes, data: SiteData, settings: T
         noise = 0.0
     else:
         plan = plan_round(patients, settings)
-        noise = settings.noise_multiplier or noise_for_target_epsilon(
+        noise = settings.noise_multiplier or _run_noise(
             settings.target_epsilon, delta, plan.sample_rate, plan.steps * settings.rounds)
     ledger = PrivacyLedger.open(site_dir, site_secret)
     request = RoundRequest(noise_multiplier=noise, sample_rate=plan.sample_rate, steps=plan.steps,
