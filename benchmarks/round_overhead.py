@@ -12,7 +12,10 @@ Flower 1.41's simulation engine runs at most min(32, CPUs + 4) sites at once (it
 thread pool), 6 on a 2-core machine: with more sites the round runs in waves, and the
 ratio measures that, not per-message overhead. `waves` in the output says how many.
 
-    .venv/bin/python benchmarks/round_overhead.py [--sites 4 20] [--rounds 4] [--local-epochs 2]
+    .venv/bin/python benchmarks/round_overhead.py [--sites 4 20] [--rounds 4] [--local-epochs 2] [--privacy none dp]
+
+With `--privacy dp` (the default run setting) the site's per-round privacy bookkeeping
+(policy check, write-ahead charge, RDP and PRV accounting) counts as overhead too.
 """
 from __future__ import annotations
 
@@ -26,23 +29,24 @@ from _common import REPO, history, write_result
 from server.local_simulation import LocalSimulation
 
 
-def measure(sites: int, rounds: int, local_epochs: int, work: Path) -> dict:
-    config = {"sites": sites, "rounds": rounds, "min-sites": sites, "run-name": f"overhead-{sites}",
-              "runs-dir": work / "runs", "sim-cache-dir": REPO / ".fedrad-cache", "heldout-eval": False,
-              "local-epochs": local_epochs, "image-size": 64}
+def measure(sites: int, rounds: int, local_epochs: int, privacy: str, work: Path) -> dict:
+    config = {"sites": sites, "rounds": rounds, "min-sites": sites, "run-name": f"overhead-{sites}-{privacy}",
+              "runs-dir": work / "runs", "sim-cache-dir": REPO / ".fedrad-cache" / f"overhead-{privacy}",
+              "heldout-eval": False, "local-epochs": local_epochs, "image-size": 64, "privacy": privacy}
     with LocalSimulation(REPO, work_dir=work / f"sim-{sites}") as simulation:
         completed = simulation.run(sites=sites, run_config=config, concurrency=sites, capture=True)
     if completed.returncode != 0:
         raise SystemExit(completed.stdout[-3000:])
     train_ratios, round_ratios, slowest = [], [], []
-    for line in history(work / "runs" / f"overhead-{sites}")[1:]:
+    for line in history(work / "runs" / f"overhead-{sites}-{privacy}")[1:]:
         train = max(s["train"]["train-seconds"] for s in line["sites"].values())
         evaluate = max(s["evaluate"]["eval-seconds"] for s in line["sites"].values())
         train_ratios.append(line["wall_seconds"]["train"] / train)
         round_ratios.append(line["wall_seconds"]["round"] / (train + evaluate))
         slowest.append(train)
     waves = -(-sites // min(32, (os.cpu_count() or 1) + 4))
-    return {"sites": sites, "rounds": rounds, "local_epochs": local_epochs, "waves": waves, "train_ratio": round(statistics.median(train_ratios), 3),
+    return {"sites": sites, "privacy": privacy, "rounds": rounds, "local_epochs": local_epochs, "waves": waves,
+            "train_ratio": round(statistics.median(train_ratios), 3),
             "round_ratio": round(statistics.median(round_ratios), 3),
             "slowest_site_train_seconds": round(statistics.median(slowest), 2)}
 
@@ -52,13 +56,16 @@ def main() -> None:
     parser.add_argument("--sites", type=int, nargs="+", default=[4, 20])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--privacy", nargs="+", default=["none", "dp"],
+                        help="'none': framework overhead only; 'dp': also the site's per-round privacy accounting")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for sites in args.sites:
-            result = measure(sites, args.rounds, args.local_epochs, Path(tmp))
-            print(result)
-            results.append(result)
+        for privacy in args.privacy:
+            for sites in args.sites:
+                result = measure(sites, args.rounds, args.local_epochs, privacy, Path(tmp))
+                print(result)
+                results.append(result)
     write_result("round_overhead", {"targets": {"4": 1.10, "20": 1.25}, "results": results})
 
 
