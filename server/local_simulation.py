@@ -133,7 +133,13 @@ class LocalSimulation:
         except BaseException:
             self.stop()
             raise
+        if threading.current_thread() is threading.main_thread():
+            # A SIGTERM (e.g. `kill` or a CI timeout) must also stop the SuperLink's tree.
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         return self
+
+    def _on_sigterm(self, signum, frame) -> None:
+        raise SystemExit(128 + signum)
 
     def run(self, *, sites: int, run_config: dict, concurrency: int | None = None,
             timeout: float | None = None, capture: bool = False) -> RunOutcome:
@@ -203,6 +209,9 @@ class LocalSimulation:
         self.process.wait(timeout=5)
 
     def __exit__(self, *exc) -> None:
+        if getattr(self, "_previous_sigterm", None) is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         self.stop()
         if self._tmp:
             self._tmp.cleanup()
