@@ -151,11 +151,26 @@ def test_sites_differ_like_hospitals_do(tmp_path):
         ds = pydicom.dcmread(_files(summary.out_dir)[0])
         looks.append((ds.Manufacturer, ds.PhotometricInterpretation, ds.BitsStored, ds.Rows, ds.Columns))
         assert ds.InstitutionName
+        assert _displayed_lung_is_darker_than_mediastinum(ds)
     assert len(set(looks)) == 6
     assert len({look[0] for look in looks}) >= 2
     assert {look[1] for look in looks} == {"MONOCHROME1", "MONOCHROME2"}
     prevalences = {round(sample_profile(seed=0, site_index=i).prevalence, 3) for i in range(6)}
     assert len(prevalences) == 6 and all(0.2 <= p <= 0.5 for p in prevalences)
+
+
+def _displayed_lung_is_darker_than_mediastinum(ds: pydicom.Dataset) -> bool:
+    """Rescale, window, then invert MONOCHROME1: the chest must read like a radiograph."""
+    values = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    shown = np.clip((values - float(ds.WindowCenter)) / float(ds.WindowWidth) + 0.5, 0.0, 1.0)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        shown = 1.0 - shown
+    rows, cols = shown.shape
+    band = slice(int(0.40 * rows), int(0.55 * rows))
+    right_lung = np.median(shown[band, int(0.27 * cols) : int(0.35 * cols)])
+    left_lung = np.median(shown[band, int(0.65 * cols) : int(0.73 * cols)])
+    mediastinum = np.median(shown[int(0.30 * rows) : int(0.45 * rows), int(0.48 * cols) : int(0.52 * cols)])
+    return max(right_lung, left_lung) + 0.2 < mediastinum
 
 
 def test_default_patient_count_and_held_out_site(tmp_path):
