@@ -18,7 +18,8 @@ from server.local_simulation import LocalSimulation
 def measure(sites: int, work: Path) -> dict:
     config = {"sites": sites, "rounds": 2, "min-sites": sites, "run-name": f"scale-{sites}",
               "runs-dir": work / "runs", "sim-cache-dir": work / "cache", "image-size": 16,
-              "sim-patients": 8, "local-epochs": 1, "heldout-eval": False, "wait-for-sites": 600.0}
+              "sim-patients": 8, "batch-size": 2, "local-epochs": 1, "heldout-eval": False,
+              "wait-for-sites": 600.0}
     started = time.perf_counter()
     with PeakTreeMemory() as memory, LocalSimulation(REPO, work_dir=work / f"sim-{sites}") as simulation:
         completed = simulation.run(sites=sites, run_config=config, concurrency=4, capture=True)
