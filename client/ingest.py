@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import contextlib
 import io
 import json
-import logging
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from client.deid import DeidOptions, Deidentifier, PixelCleanRule
+from client.deid.profile import quiet_pydicom
 from client.keys import SiteKeys
 from client.labels import read_labels
 from client.store import SiteStore
@@ -99,7 +97,7 @@ def ingest(
     deidentify = Deidentifier(site_secret=keys.site_secret, options=options, pixel_clean_rules=pixel_clean_rules)
     pixels = PixelPipeline(size=tensor_size)
     seen_uids: set[str] = set()
-    with SiteStore.open_or_create(site_dir, keys) as store, _pydicom_silenced():
+    with SiteStore.open_or_create(site_dir, keys) as store, quiet_pydicom():
         store.collect_orphans()
         pending = 0
         for index, path in enumerate(files, start=1):
@@ -166,20 +164,6 @@ def _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys) -> str
         },
     )
     return "ingested"
-
-
-@contextlib.contextmanager
-def _pydicom_silenced():
-    """pydicom's warnings and log records quote header values: keep them out of the site's logs."""
-    logger = logging.getLogger("pydicom")
-    was_disabled = logger.disabled
-    logger.disabled = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.disabled = was_disabled
 
 
 def _write_report(site_dir: Path, summary: IngestSummary) -> Path:

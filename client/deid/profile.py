@@ -36,7 +36,7 @@ MIN_SECRET_BYTES = 16
 
 
 @contextlib.contextmanager
-def _quiet_pydicom():
+def quiet_pydicom():
     """Silence pydicom's warnings and log records, which can quote element values."""
     pydicom_log = logging.getLogger("pydicom")
     was_disabled = pydicom_log.disabled
@@ -96,7 +96,7 @@ class Deidentifier:
     def __call__(self, ds: pydicom.Dataset, *, in_place: bool = False) -> DeidResult:
         key = ""
         try:
-            with _quiet_pydicom():
+            with quiet_pydicom():
                 work = ds if in_place else copy.deepcopy(ds)
                 ident = patient.identity(work)
                 key = patient.patient_key(self._secret, ident)
