@@ -32,6 +32,8 @@ from typing import Callable, Iterator
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from client.durable import fsync_dir, write_atomic, write_new
+
 KEY_BYTES = 32
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 KEK_FILE, SCRYPT_FILE, SECRET_FILE, SITE_ID_FILE = "kek", "kek.scrypt.json", "site-secret", "site-id"
@@ -79,15 +81,15 @@ def init_keys(site_dir: Path, *, passphrase_env: str | None = None) -> SiteKeys:
     name, blob, kek = _new_kek(passphrase)
     secret, site_id = secrets.token_bytes(KEY_BYTES), secrets.token_hex(16)
     try:
-        _write_new(keys_dir / name, blob)
-        _write_new(keys_dir / SECRET_FILE, _secret_blob(kek, secret))
-        _write_new(keys_dir / SITE_ID_FILE, (site_id + "\n").encode())
+        write_new(keys_dir / name, blob)
+        write_new(keys_dir / SECRET_FILE, _secret_blob(kek, secret))
+        write_new(keys_dir / SITE_ID_FILE, (site_id + "\n").encode())
     except FileExistsError as exc:
         raise SiteKeyError(
             f"site keys appeared in {keys_dir} while initialising (another `keys init`?); "
             "rule: init never overwrites keys; fix: use the keys that are there"
         ) from exc
-    _fsync_dir(keys_dir)
+    fsync_dir(keys_dir)
     return SiteKeys(kek=kek, key_id=key_id_of(kek), site_secret=secret, site_id=site_id)
 
 
@@ -151,7 +153,7 @@ def rotate_kek(
         new_kek = _load_kek(keys_dir, PENDING, new_env)
         if new_kek is None:  # fresh rotation (a resumed one reuses kek.new)
             name, blob, new_kek = _new_kek(_passphrase(new_env) if derived else None)
-            _replace_with(keys_dir / (name + PENDING), blob)
+            write_atomic(keys_dir / (name + PENDING), [blob])
         old_id, new_id = key_id_of(old_kek), key_id_of(new_kek)
         secret = _unwrap_secret(keys_dir, {old_id: old_kek, new_id: new_kek})
         site_id = _read_site_id(keys_dir)
@@ -159,10 +161,10 @@ def rotate_kek(
         new = SiteKeys(kek=new_kek, key_id=new_id, site_secret=secret, site_id=site_id)
         rewrap(old, new)
         if _read_json(keys_dir / SECRET_FILE).get("key_id") != new_id:
-            _replace_with(keys_dir / SECRET_FILE, _secret_blob(new_kek, secret))
+            write_atomic(keys_dir / SECRET_FILE, [_secret_blob(new_kek, secret)])
         name = SCRYPT_FILE if derived else KEK_FILE
         os.replace(keys_dir / (name + PENDING), keys_dir / name)
-        _fsync_dir(keys_dir)
+        fsync_dir(keys_dir)
         return new
 
 
@@ -324,38 +326,6 @@ def _check_private(path: Path) -> None:
             f"private to their owner (0600); fix: chmod 600 {path} (and consider rotating the "
             "kek: `fedrad-site keys rotate`)"
         )
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (0600, O_EXCL: never overwrite) with ``data`` and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_with(path: Path, data: bytes) -> None:
-    """Atomically set ``path`` to ``data``: temp file, fsync, rename, fsync directory."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    _write_new(tmp, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

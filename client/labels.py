@@ -18,7 +18,7 @@ class LabelsError(ValueError):
 def read_labels(path: Path) -> dict[str, int]:
     """Map each original SOPInstanceUID to its finding label."""
     if not path.is_file():
-        raise LabelsError(f"labels file not found: pass --labels with the path of the site's labels CSV")
+        raise LabelsError("labels file not found: pass --labels with the path of the site's labels CSV")
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = {UID_COLUMN, LABEL_COLUMN} - set(reader.fieldnames or ())

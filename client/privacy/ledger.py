@@ -71,12 +71,12 @@ import json
 import math
 import os
 import re
-import secrets
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from client.durable import write_atomic
 from client.privacy.accounting import PrivacySpent, check_history, epsilon
 
 FORMAT, ANCHOR_FORMAT, VERSION = "fedrad-privacy-ledger", "fedrad-privacy-ledger-anchor", 1
@@ -366,7 +366,7 @@ class PrivacyLedger:
         doc["mac"] = _mac(self._key, doc)
         raw = _canonical(doc)
         self.dir.mkdir(mode=0o700, exist_ok=True)
-        _atomic_write(self.path, raw)
+        write_atomic(self.path, [raw])
         sha = hashlib.sha256(raw).hexdigest()
         self._write_anchor(doc["generation"], sha)
         return sha
@@ -374,7 +374,7 @@ class PrivacyLedger:
     def _write_anchor(self, generation: int, sha: str) -> None:
         anchor = {"format": ANCHOR_FORMAT, "version": VERSION, "generation": generation, "ledger_sha256": sha}
         anchor["mac"] = _mac(self._anchor_key, anchor)
-        _atomic_write(self.anchor_path, _canonical(anchor))
+        write_atomic(self.anchor_path, [_canonical(anchor)])
 
     def _remove_stray_temp_files(self) -> None:
         """Temp files of writes that crashed (only ever present under the exclusive lock)."""
@@ -450,24 +450,3 @@ def _check_doc(doc: dict) -> str:
     return ""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file (0600) in the same directory, fsync, rename over ``path``, fsync the directory."""
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

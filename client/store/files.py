@@ -1,4 +1,4 @@
-"""Durable file writes and the store's single-writer lock. Only ciphertext goes through here."""
+"""The store's temp-file prefix, batched durability and single-writer lock."""
 
 from __future__ import annotations
 
@@ -6,43 +6,14 @@ import ctypes
 import fcntl
 import os
 import platform
-import secrets
 import sys
 from pathlib import Path
 from typing import Iterable
 
+from client.durable import fsync_dir
 from client.store.errors import StoreError
 
 TEMP_PREFIX = ".tmp-"
-
-
-def write_atomic(path: Path, parts: Iterable[bytes], *, sync_dir: bool = True, durable: bool = True) -> int:
-    """Write ``parts`` to ``path`` atomically (temp file in the same directory, fsync,
-    rename, fsync directory); files are 0600. Returns the number of bytes written.
-
-    ``durable=False`` skips both fsyncs: the caller must make the file durable with
-    :func:`sync_files` before anything durable names it."""
-    tmp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    size = 0
-    try:
-        try:
-            for part in parts:
-                view = memoryview(part)
-                size += len(view)
-                while view:
-                    view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sync_dir and durable:
-        fsync_dir(path.parent)
-    return size
 
 
 def sync_files(directory: Path, paths: Iterable[Path]) -> None:
@@ -66,14 +37,6 @@ def sync_files(directory: Path, paths: Iterable[Path]) -> None:
         finally:
             os.close(fd)
     fsync_dir(directory)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _syncfs():

@@ -14,7 +14,8 @@ from typing import Iterator
 from client.keys import SiteKeys, rotate_kek
 from client.store import envelope
 from client.store.errors import StoreError
-from client.store.files import TEMP_PREFIX, WriterLock, fsync_dir, write_atomic
+from client.durable import fsync_dir, write_atomic
+from client.store.files import TEMP_PREFIX, WriterLock
 
 MANIFEST_ID = "manifest"
 
@@ -69,7 +70,7 @@ def rewrap_object(path: Path, object_id: str, old: SiteKeys, new: SiteKeys) -> b
             "site's kek; fix: restore the object from backup, then rotate again", object_id=object_id)
     head = envelope.rewrap_header(header, old_kek=old.kek, old_key_id=old.key_id, new_kek=new.kek,
                                   new_key_id=new.key_id, object_id=object_id)
-    write_atomic(path, _with_body(head, path), sync_dir=False)
+    write_atomic(path, _with_body(head, path), temp_prefix=TEMP_PREFIX, sync_dir=False)
     return True
 
 

@@ -28,7 +28,8 @@ import numpy as np
 from client.keys import SiteKeys
 from client.store import envelope
 from client.store.errors import StoreError
-from client.store.files import TEMP_PREFIX, WriterLock, fsync_dir, sync_files, write_atomic
+from client.durable import fsync_dir, write_atomic
+from client.store.files import TEMP_PREFIX, WriterLock, sync_files
 from client.store.manifest import Entry, ImageRecord, Manifest, check_record
 from client.store.tensor import decode_tensor, encode_tensor
 
@@ -269,7 +270,7 @@ class SiteStore:
         parts = envelope.seal(plaintext, kek=self._keys.kek, key_id=self._keys.key_id,
                               site_id=self._keys.site_id, object_id=object_id,
                               chunk_size=self._manifest.chunk_size)
-        write_atomic(path or self._objects / object_id, parts, durable=durable)
+        write_atomic(path or self._objects / object_id, parts, temp_prefix=TEMP_PREFIX, durable=durable)
 
     def _read(self, object_id: str) -> bytearray:
         try:

@@ -1,0 +1,59 @@
+"""Durable, atomic file writes for the site's keys, ledger and store (files are 0600)."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Iterable
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (0600, O_EXCL: never overwrite) with ``data`` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, parts: Iterable[bytes], *, temp_prefix: str | None = None,
+                 sync_dir: bool = True, durable: bool = True) -> int:
+    """Write ``parts`` to ``path`` atomically: a temp file in the same directory (named
+    ``temp_prefix`` + random, default ``.<name>.tmp-``), fsync, rename, fsync the directory.
+    Returns the number of bytes written.
+
+    ``durable=False`` skips both fsyncs: the caller must make the file durable before
+    anything durable names it."""
+    tmp = path.parent / f"{temp_prefix if temp_prefix is not None else f'.{path.name}.tmp-'}{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    size = 0
+    try:
+        try:
+            for part in parts:
+                view = memoryview(part)
+                size += len(view)
+                while view:
+                    view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if sync_dir and durable:
+        fsync_dir(path.parent)
+    return size
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory entries of ``path`` (created, renamed, removed files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
