@@ -15,6 +15,7 @@ from client.keys import SiteKeyError
 from client.private_training import DPConfig, train_private
 from client.privacy import AccountingError, LedgerError, PolicyError
 from client.round_privacy import SiteDeclined, charge_round, privacy_record, settle_round
+from client.secure_aggregation import secure_aggregation_mod
 from client.site import SiteConfigError, resolve_site, site_label
 from client.sitedata import NoSiteData
 from client.store import StoreError
@@ -39,7 +40,8 @@ def client_dp_mod(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[client_dp_mod])
+# SecAgg+ wraps everything: under it, training (and any client-dp clipping) happens inside.
+app = ClientApp(mods=[secure_aggregation_mod, client_dp_mod])
 
 # Failures a site reports to the coordinator as a typed error reply (kind + message).
 SITE_FAILURES = (SiteKeyError, StoreError, NoSiteData, SiteConfigError, LedgerError, PolicyError,

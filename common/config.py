@@ -15,6 +15,7 @@ from typing import Any, Mapping
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 PRIVACY_MODES = ("dp", "none")
 CLIENT_DP_MODES = ("none", "fixed", "adaptive")
+AGGREGATIONS = ("secagg+", "plain")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,9 @@ class TrainSettings:
     target_epsilon: float = 8.0
     max_grad_norm: float = 1.0
     client_dp: str = "none"
+    max_update_norm: float = 100.0
+    secagg_clipping_range: float = 1.0
+    secagg_max_weight: int = 10000
 
     def to_record(self) -> dict[str, int | float]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
@@ -83,6 +87,11 @@ class RunConfig:
     client_dp: str = "none"
     client_dp_noise: float = 1.0
     client_dp_clip: float = 1.0
+    aggregation: str = "secagg+"
+    secagg_clipping_range: float = 1.0
+    secagg_max_weight: int = 10000
+    secagg_threshold: float = 0.6
+    max_update_norm: float = 100.0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "RunConfig":
@@ -139,6 +148,22 @@ class RunConfig:
                             "update, noise at the server) or adaptive (the same with adaptive clipping)")
         if self.client_dp != "none" and not (self.client_dp_noise > 0 and self.client_dp_clip > 0):
             problems.append("'client-dp-noise' and 'client-dp-clip' must be positive with client-dp: e.g. 1.0 and 1.0")
+        if self.aggregation not in AGGREGATIONS:
+            problems.append(f"unknown aggregation '{self.aggregation}': choose 'secagg+' (the coordinator sees "
+                            "only the sum of the sites' updates) or 'plain' (it sees each update)")
+        if self.aggregation == "secagg+":
+            if self.sites < 2:
+                problems.append("aggregation 'secagg+' needs at least 2 sites: raise 'sites' or set aggregation='plain'")
+            if self.client_dp != "none":
+                problems.append("client-dp needs each site's update at the coordinator, which secagg+ hides: "
+                                "set aggregation='plain' to use client-dp, or client-dp='none' (site DP-SGD still applies)")
+            if not self.secagg_clipping_range > 0 or self.secagg_max_weight < 1:
+                problems.append("'secagg-clipping-range' and 'secagg-max-weight' must be positive: e.g. 1.0 and 10000")
+            if not 0 < self.secagg_threshold <= 1:
+                problems.append("'secagg-threshold' is the share of a site's neighbours needed to unmask it and must be "
+                                "in (0, 1]: e.g. 0.6")
+        if not self.max_update_norm > 0:
+            problems.append("'max-update-norm' bounds the L2 norm of a site's update and must be positive: e.g. 100")
         if self.proximal_mu < 0:
             problems.append("'proximal-mu' must be >= 0: set 0 to disable the proximal term")
         if self.min_sites > self.sites:
@@ -164,6 +189,9 @@ class RunConfig:
             target_epsilon=self.target_epsilon,
             max_grad_norm=self.max_grad_norm,
             client_dp=self.client_dp,
+            max_update_norm=self.max_update_norm,
+            secagg_clipping_range=self.secagg_clipping_range,
+            secagg_max_weight=self.secagg_max_weight,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ SITE = "site"  # ConfigRecord: the site's public name
 PRIVACY = "privacy"  # ConfigRecord: the site's mechanism this round and its cumulative epsilon
 
 SITE_NAME = "name"
+ARRAY_KEYS = "array-keys"  # under SecAgg+: JSON list naming the legacy FitIns arrays in order
 NUM_EXAMPLES = "num-examples"  # the weight of a site's update and metrics
 
 TRAIN_LOSS = "train-loss"

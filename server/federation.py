@@ -14,16 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+import numpy as np
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from common import messages as wire
 from common.config import RunConfig
 from common.model import build_model
+from common.update_guard import update_problems
 from common.weights import plain_state_dict, save_weights, write_json_atomic
 from server.checkpoints import load_checkpoint, save_checkpoint
 from server.heldout import HeldOutSite
+from server.messaging import send_and_receive
 from server.model_card import write_model_card
+from server.secure_round import secure_train_round
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
 
 
@@ -58,26 +63,6 @@ def _site_name(reply: Message) -> str:
     return str(record[wire.SITE_NAME]) if record and wire.SITE_NAME in record else f"node-{reply.metadata.src_node_id}"
 
 
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
-    """Push `messages` and pull their replies until all arrived or `timeout` s passed.
-
-    Flower's deployment Grid polls every 3 s, which would add up to 3 s to every round;
-    this polls every 50-100 ms (one cheap request to the SuperLink).
-    """
-    waiting = set(grid.push_messages(messages))
-    deadline = time.monotonic() + timeout
-    replies: list[Message] = []
-    interval = 0.05
-    while waiting and time.monotonic() < deadline:
-        arrived = list(grid.pull_messages(waiting))
-        replies.extend(arrived)
-        waiting.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
-        if waiting:
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(interval * 1.5, 0.1)
-    return replies
-
-
 def _exchange(grid: Grid, messages: Iterable[Message], timeout: float, names: dict[int, str]):
     """Send, wait, and sort replies into successes and failures (errors and silences)."""
     messages = list(messages)
@@ -105,6 +90,57 @@ def _exchange(grid: Grid, messages: Iterable[Message], timeout: float, names: di
             failures.append({"site": names.get(node, f"node-{node}"), "kind": "no-reply",
                              "reason": f"no reply within {timeout:.0f} s"})
     return ok, failures
+
+
+def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in arrays.items()}
+
+
+def _train_plain(grid, instructions, arrays, config, names):
+    """Each site's update in clear; guards refuse bad ones, per site, before aggregation.
+
+    Returns the replies (for metrics), the failures, and what the strategy aggregates.
+    """
+    ok, failures = _exchange(grid, instructions, config.round_timeout, names)
+    reference, accepted = _numpy(arrays), []
+    for reply in ok:
+        problems = update_problems(_numpy(reply.content[wire.ARRAYS]), reference, max_norm=config.max_update_norm)
+        if problems:
+            failures.append({"site": _site_name(reply), "kind": "update-refused",
+                             "reason": "update refused: " + "; ".join(problems)})
+        else:
+            accepted.append(reply)
+    return accepted, failures, accepted
+
+
+def _train_secure(grid, instructions, arrays, config, names):
+    """SecAgg+: one averaged change comes back; it is turned into a single reply to aggregate.
+
+    Each site checked its own update before masking; the coordinator checks the average.
+    """
+    reference = _numpy(arrays)
+    outcome = secure_train_round(grid, instructions, reference, config)
+    for reply in outcome.replies:
+        names[reply.metadata.src_node_id] = _site_name(reply)
+    failures = []
+    for failure in outcome.failures:
+        node = failure.pop("node")
+        failures.append(dict(failure, site=names.get(node, failure["site"])))
+    if outcome.mean_delta is None:
+        if len(outcome.replies) >= config.min_sites:
+            failures.append({"site": "(all)", "kind": "secagg-failed",
+                             "reason": "secure aggregation could not unmask the sum (too few sites stayed)"})
+        return [], failures, []
+    averaged = {name: reference[name] + outcome.mean_delta[name] for name in reference}
+    problems = update_problems(averaged, reference, max_norm=config.max_update_norm)
+    if problems:
+        failures.append({"site": "(sum)", "kind": "update-refused",
+                         "reason": "the aggregate was refused; the model stays as it was: " + "; ".join(problems)})
+        averaged = reference
+    total = MetricRecord({wire.NUM_EXAMPLES: outcome.total_examples})
+    merged = Message(RecordDict({wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in averaged.items()}),
+                                 wire.METRICS: total}), reply_to=instructions[0])
+    return outcome.replies, failures, [merged]
 
 
 def _weighted(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -175,24 +211,25 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
     for server_round in range(first_round, config.rounds + 1):
         started = time.perf_counter()
         train_config = ConfigRecord(config.train_settings(server_round).to_record())
-        ok, train_failures = _exchange(
-            grid, strategy.configure_train(server_round, arrays, train_config, grid), config.round_timeout, names)
+        instructions = list(strategy.configure_train(server_round, arrays, train_config, grid))
+        train_round = _train_secure if config.aggregation == "secagg+" else _train_plain
+        ok, train_failures, to_aggregate = train_round(grid, instructions, arrays, config, names)
         train_seconds = time.perf_counter() - started
         for failure in train_failures:
             if "declined" in failure:
                 say(f"round {server_round}: site {failure['site']} declined: {failure['declined'].replace('-', ' ')} "
                     f"({failure['reason']})")
             else:
-                say(f"round {server_round}: site {failure['site']} failed in training: {failure['reason']}")
+                say(f"round {server_round}: site {failure['site']} failed in training ({failure['kind']}): "
+                    f"{failure['reason']}")
         if len(ok) < config.min_sites:
             raise FederationError(
                 f"round {server_round}: only {len(ok)} site(s) returned an update but min-sites is "
                 f"{config.min_sites}; see the failures above, fix those sites, and resume from the last "
                 f"checkpoint in {run_dir / 'checkpoints'}")
-        aggregated, _ = strategy.aggregate_train(server_round, ok)
-        if aggregated is None:
+        arrays, _ = strategy.aggregate_train(server_round, to_aggregate)
+        if arrays is None:
             raise FederationError(f"round {server_round}: the strategy could not aggregate the updates")
-        arrays = aggregated
         per_site_train = {_site_name(r): _metrics(r) for r in ok}
         per_site_privacy = {_site_name(r): _privacy(r) for r in ok}
 
@@ -221,6 +258,7 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
             "evaluate": _weighted(per_site_eval) if per_site_eval else None,
             "heldout": heldout_metrics,
             "privacy": {"mode": config.privacy, "sites": per_site_privacy},
+            "aggregation": config.aggregation,
             "wall_seconds": {"train": train_seconds, "evaluate": eval_seconds, "heldout": heldout_seconds,
                              "round": time.perf_counter() - started},
         })
