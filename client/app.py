@@ -1,32 +1,16 @@
-"""The site's Flower ClientApp: train and evaluate on the site's own encrypted store."""
+"""The site's Flower ClientApp: train and evaluate on the site's own encrypted store.
+
+The work itself is in `client.rounds`, imported on first use: SecAgg+'s key-exchange
+messages are answered by the mods alone and need neither torch nor Opacus.
+"""
 from __future__ import annotations
 
-import functools
-import math
-import time
-import zlib
-
-import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 
-from client.keys import SiteKeyError
-from client.private_training import DPConfig, train_private
-from client.privacy import AccountingError, LedgerError, PolicyError
-from client.round_privacy import SiteDeclined, charge_round, privacy_record, settle_round
 from client.secure_aggregation import secure_aggregation_mod
-from client.site import SiteConfigError, resolve_site, site_label
-from client.sitedata import NoSiteData
-from client.store import StoreError
-from client.sitedata import cached_site_data
-from client.training import train as train_locally
 from common import messages as wire
-from common.config import TrainSettings
-from common.evaluation import evaluate as evaluate_model
-from common.model import build_model
-from common.weights import load_record, to_record
-
 
 
 def client_dp_mod(msg: Message, context: Context, call_next) -> Message:
@@ -43,84 +27,18 @@ def client_dp_mod(msg: Message, context: Context, call_next) -> Message:
 # SecAgg+ wraps everything: under it, training (and any client-dp clipping) happens inside.
 app = ClientApp(mods=[secure_aggregation_mod, client_dp_mod])
 
-# Failures a site reports to the coordinator as a typed error reply (kind + message).
-SITE_FAILURES = (SiteKeyError, StoreError, NoSiteData, SiteConfigError, LedgerError, PolicyError,
-                 AccountingError, ValueError)
-
-
-def reports_failures(handler):
-    """Turn a known site failure into an error reply that names the site and the kind."""
-
-    @functools.wraps(handler)
-    def wrapper(msg: Message, context: Context) -> Message:
-        try:
-            return handler(msg, context)
-        except SiteDeclined as declined:
-            reason = wire.site_error_reason(site_label(context.node_config), f"declined:{declined.kind}", str(declined))
-            return Message(Error(code=wire.SITE_ERROR_CODE, reason=reason), reply_to=msg)
-        except SITE_FAILURES as failure:
-            reason = wire.site_error_reason(site_label(context.node_config), type(failure).__name__, str(failure))
-            return Message(Error(code=wire.SITE_ERROR_CODE, reason=reason), reply_to=msg)
-
-    return wrapper
-
-
-def _prepare(msg: Message, context: Context):
-    torch.set_num_threads(int(context.node_config.get("torch-threads", 1)))
-    settings = TrainSettings.from_record(msg.content[wire.CONFIG])
-    site = resolve_site(context.node_config, context.run_config)
-    data = cached_site_data(site.site_dir, site.store, settings.image_size)
-    model = build_model(settings.image_size)
-    load_record(model, msg.content[wire.ARRAYS])
-    return settings, site, data, model
-
 
 @app.train()
-@reports_failures
 def train(msg: Message, context: Context) -> Message:
     """Local epochs on the site's training split, within the site's privacy policy."""
-    settings, site, data, model = _prepare(msg, context)
-    seed = zlib.crc32(f"{settings.seed}:{settings.server_round}:{site.name}".encode())
-    non_private_steps = settings.local_epochs * math.ceil(len(data.train_images) / settings.batch_size)
-    charge = charge_round(site.site_dir, site.keys.site_secret, data, settings, run_id=msg.metadata.run_id,
-                          node_config=context.node_config, non_private_steps=non_private_steps)
-    if settings.privacy == "dp":
-        dp = DPConfig(noise_multiplier=charge.noise_multiplier, max_grad_norm=settings.max_grad_norm)
-        # The secret keeps the coordinator from replaying the sampling and the noise.
-        result, _ = train_private(model, data.train_images, data.train_labels, data.train_patients,
-                                  settings, dp, seed=seed, secret=site.keys.site_secret)
-    else:
-        result = train_locally(model, data.train_images, data.train_labels, settings, seed=seed)
-    spent = settle_round(charge, result.steps)
-    metrics = MetricRecord({
-        wire.NUM_EXAMPLES: result.examples,
-        wire.TRAIN_LOSS: result.loss,
-        wire.TRAIN_SECONDS: result.seconds,
-        wire.TRAIN_STEPS: result.steps,
-    })
-    content = RecordDict({
-        wire.ARRAYS: to_record(model),
-        wire.METRICS: metrics,
-        wire.SITE: ConfigRecord({wire.SITE_NAME: site.name}),
-        wire.PRIVACY: ConfigRecord(privacy_record(charge, spent)),
-    })
-    return Message(content=content, reply_to=msg)
+    from client.rounds import train as train_round
+
+    return train_round(msg, context)
 
 
 @app.evaluate()
-@reports_failures
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss, ROC AUC, sensitivity and specificity on the site's validation split."""
-    _, site, data, model = _prepare(msg, context)
-    started = time.perf_counter()
-    result = evaluate_model(model, data.val_images, data.val_labels)
-    metrics = MetricRecord({
-        wire.NUM_EXAMPLES: result.examples,
-        wire.EVAL_SECONDS: time.perf_counter() - started,
-        wire.EVAL_LOSS: result.loss,
-        wire.EVAL_AUC: result.auc,
-        wire.EVAL_SENSITIVITY: result.sensitivity,
-        wire.EVAL_SPECIFICITY: result.specificity,
-    })
-    content = RecordDict({wire.METRICS: metrics, wire.SITE: ConfigRecord({wire.SITE_NAME: site.name})})
-    return Message(content=content, reply_to=msg)
+    from client.rounds import evaluate as evaluate_round
+
+    return evaluate_round(msg, context)

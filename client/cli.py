@@ -18,6 +18,9 @@ ledger_app = typer.Typer(help="The site's privacy ledger.", no_args_is_help=True
 app.add_typer(keys_app, name="keys")
 app.add_typer(store_app, name="store")
 app.add_typer(ledger_app, name="ledger")
+app_cmd = typer.Typer(help="The app a site runs: its digest, for allowed-hashes in policy.toml.",
+                      no_args_is_help=True)
+app.add_typer(app_cmd, name="app")
 console = Console(stderr=True)
 
 SiteDir = Annotated[Path, typer.Option("--site-dir", help="The site directory (keys/, store/, ledger/, reports/).")]
@@ -74,6 +77,24 @@ def keys_rotate(
     except (SiteKeyError, StoreError) as error:
         _fail(str(error))
     console.print(f"key rotated; new key id {keys.key_id}")
+
+
+@keys_app.command("node")
+def keys_node(
+    site_dir: SiteDir,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing node key pair.")] = False,
+) -> None:
+    """Create the SuperNode's authentication key pair; only node_key.pub goes to the coordinator."""
+    from client.node_keys import NodeKeyError, create_node_key
+
+    try:
+        pair = create_node_key(site_dir, force=force)
+    except (NodeKeyError, OSError) as error:
+        _fail(str(error))
+    console.print(f"public key:  {escape(str(pair.public_key))}\nfingerprint: {pair.fingerprint}\n"
+                  f"send only {pair.public_key.name} to the coordinator (to `flwr supernode register`); "
+                  f"{escape(str(pair.private_key))} stays here: flower-supernode --auth-supernode-private-key "
+                  f"{escape(str(pair.private_key))}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -178,6 +199,31 @@ def ledger_show(
     epsilon = "unbounded (non-private training recorded)" if totals.get("epsilon") is None else f"{totals['epsilon']:.3f}"
     typer.echo(f"cumulative epsilon {epsilon} at delta {totals.get('delta', 0):.2e} "
                f"({totals.get('accountant')} accountant), privacy unit: patient, {patients} training patients")
+
+
+@app_cmd.command("digest")
+def app_digest(
+    fab: Annotated[Optional[Path], typer.Option("--fab", help="A .fab file (as `flwr build` writes it).")] = None,
+    app_dir: Annotated[Optional[Path], typer.Option(
+        "--app-dir", help="An installed app: $FLWR_HOME/apps/<publisher>.<name>.<version>.<hash>.")] = None,
+) -> None:
+    """Print the app digest; list it in policy.toml (allowed-hashes under apps) once the site approves the app.
+
+    Without --fab or --app-dir: this checkout, as `flwr build` would package it."""
+    from client.app_digest import AppDigestError, app_digest, fab_digest, installed_app_digest, running_app_root
+
+    if fab is not None and app_dir is not None:
+        _fail("give either --fab or --app-dir, not both")
+    try:
+        if fab is not None:
+            digest = fab_digest(fab)
+        elif app_dir is not None:
+            digest = installed_app_digest(app_dir)
+        else:
+            digest = app_digest(running_app_root())
+    except AppDigestError as error:
+        _fail(str(error))
+    typer.echo(digest)
 
 
 def _open_store(site_dir: Path, passphrase_env: Optional[str]):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from client.app_digest import running_app_digest
 from client.private_training import StepPlan, plan_round
 from client.privacy import PrivacyLedger, PrivacySpent, RoundRequest, load_policy, noise_for_target_epsilon
 from client.sitedata import SiteData
@@ -42,6 +43,17 @@ class RoundCharge:
     delta: float
     noise_multiplier: float
     plan: StepPlan
+
+
+def check_app_allowed(site_dir: Path, node_config: Mapping[str, Any]) -> None:
+    """Raise `SiteDeclined` ("app-not-allowed") unless the site's policy allows the running app.
+
+    The app is named by its digest (`client.app_digest`); train checks it again in
+    `charge_round`, evaluate only here: a site runs no part of an app it has not approved.
+    """
+    decision = load_policy(site_dir, node_config=node_config).check_app(running_app_digest())
+    if not decision.accept:
+        raise SiteDeclined(decision.reason_kind, decision.message)
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,7 +82,7 @@ def charge_round(site_dir: Path, site_secret: bytes, data: SiteData, settings: T
             settings.target_epsilon, delta, plan.sample_rate, plan.steps * settings.rounds)
     ledger = PrivacyLedger.open(site_dir, site_secret)
     request = RoundRequest(noise_multiplier=noise, sample_rate=plan.sample_rate, steps=plan.steps,
-                           run_id=run_id, server_round=settings.server_round)
+                           run_id=run_id, server_round=settings.server_round, app=running_app_digest())
     dataset = dataset_key(site_secret)
     decision = policy.decide(request, ledger, dataset, patients)
     if not decision.accept:

@@ -20,7 +20,6 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as legacy
 
-from client.site import site_label
 from common import messages as wire
 from common.config import TrainSettings
 from common.update_guard import update_problems
@@ -69,6 +68,8 @@ def _train_for_masking(msg: Message, context: Context, call_next) -> Message:
         raise _Refused(reply.error)
     settings = TrainSettings.from_record(config)
     trained = {k: v.numpy() for k, v in reply.content[wire.ARRAYS].items()}
+    from client.site import site_label  # heavy imports only once there is training to check
+
     delta = _checked_delta(trained, start, settings, site_label(context.node_config))
     metrics = reply.content.metric_records[wire.METRICS]
     weight = min(int(metrics[wire.NUM_EXAMPLES]), settings.secagg_max_weight)

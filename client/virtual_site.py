@@ -16,14 +16,18 @@ from client.keys import init_keys
 from common.synth import write_hospital
 
 READY_MARK = "READY"
-FORMAT = "v3"  # bump when what a virtual site holds changes, so caches are rebuilt
+FORMAT = "v4"  # bump when what a virtual site holds changes, so caches are rebuilt
 # A synthetic hospital has no real patients: a generous lifetime budget, so demos and
 # benchmarks can run again on the cached site (its ledger still accumulates), and
-# non-private comparison runs are allowed. A real site writes its own policy.toml.
+# non-private comparison runs are allowed; and it runs any app, so a simulation runs the
+# app as it is being developed. A real site writes its own policy.toml, and by default
+# runs no app until its operator lists the app's digest (`fedrad-site app digest`).
 VIRTUAL_SITE_POLICY = """# Virtual (synthetic) site: no real patients.
 [privacy]
 max-epsilon = 1000.0
 allow-non-private = true
+[apps]
+allow-any-app = true
 """
 
 

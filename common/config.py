@@ -12,7 +12,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+# Robust strategies compare the sites' individual updates (coordinate-wise median, trimmed
+# mean, Krum's distances), which secure aggregation hides: they need aggregation "plain".
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum")
 PRIVACY_MODES = ("dp", "none")
 CLIENT_DP_MODES = ("none", "fixed", "adaptive")
 AGGREGATIONS = ("secagg+", "plain")
@@ -92,6 +95,8 @@ class RunConfig:
     secagg_max_weight: int = 10000
     secagg_threshold: float = 0.6
     max_update_norm: float = 100.0
+    trim_fraction: float = 0.2
+    faulty_sites: int = 0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "RunConfig":
@@ -162,6 +167,28 @@ class RunConfig:
             if not 0 < self.secagg_threshold <= 1:
                 problems.append("'secagg-threshold' is the share of a site's neighbours needed to unmask it and must be "
                                 "in (0, 1]: e.g. 0.6")
+        if self.strategy in ROBUST_STRATEGIES:
+            if self.aggregation == "secagg+":
+                problems.append(f"strategy '{self.strategy}' is robust aggregation: it needs each site's update, but "
+                                "aggregation 'secagg+' shows the coordinator only their sum: set aggregation='plain' "
+                                "(the coordinator then sees each site's DP-SGD-protected update), or keep secagg+ with "
+                                "strategy fedavg, fedprox or fedadam")
+            if self.client_dp != "none":
+                problems.append(f"client-dp's noise is calibrated to an average of the sites' clipped updates, and "
+                                f"strategy '{self.strategy}' does not average them, so the guarantee would not hold: "
+                                "set client-dp='none' or use strategy fedavg, fedprox or fedadam")
+        if not 0 <= self.trim_fraction < 0.5:
+            problems.append("'trim-fraction' is the share of sites cut at each end of every coordinate by fedtrimmedavg "
+                            "and must be in [0, 0.5): e.g. 0.2")
+        elif self.strategy == "fedtrimmedavg" and int(self.trim_fraction * self.sites) < 1:
+            problems.append(f"fedtrimmedavg with trim-fraction {self.trim_fraction:g} trims nothing with {self.sites} "
+                            f"sites: raise 'trim-fraction' to at least 1/{self.sites} (below 0.5)")
+        if self.faulty_sites < 0:
+            problems.append("'faulty-sites' (the sites krum assumes may send bad updates) must be >= 0: e.g. 1")
+        elif self.strategy == "krum" and self.sites < 2 * self.faulty_sites + 3:
+            problems.append(f"krum tolerates faulty-sites={self.faulty_sites} only with at least "
+                            f"{2 * self.faulty_sites + 3} sites (2 x faulty-sites + 3), not {self.sites}: "
+                            "add sites or lower 'faulty-sites'")
         if not self.max_update_norm > 0:
             problems.append("'max-update-norm' bounds the L2 norm of a site's update and must be positive: e.g. 100")
         if self.proximal_mu < 0:

@@ -87,7 +87,7 @@ def _exchange(grid: Grid, messages: Iterable[Message], timeout: float, names: di
     for message in messages:
         if message.metadata.dst_node_id not in answered:
             node = message.metadata.dst_node_id
-            failures.append({"site": names.get(node, f"node-{node}"), "kind": "no-reply",
+            failures.append({"site": names.get(node, f"node-{node}"), "node": node, "kind": "no-reply",
                              "reason": f"no reply within {timeout:.0f} s"})
     return ok, failures
 
@@ -124,8 +124,7 @@ def _train_secure(grid, instructions, arrays, config, names):
         names[reply.metadata.src_node_id] = _site_name(reply)
     failures = []
     for failure in outcome.failures:
-        node = failure.pop("node")
-        failures.append(dict(failure, site=names.get(node, failure["site"])))
+        failures.append(dict(failure, site=names.get(failure["node"], failure["site"])))
     if outcome.mean_delta is None:
         if len(outcome.replies) >= config.min_sites:
             failures.append({"site": "(all)", "kind": "secagg-failed",
@@ -235,8 +234,15 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
 
         eval_started = time.perf_counter()
         eval_config = ConfigRecord(config.train_settings(server_round).to_record())
-        ok_eval, eval_failures = _exchange(
-            grid, strategy.configure_evaluate(server_round, arrays, eval_config, grid), config.round_timeout, names)
+        # A site silent in training is most likely down: don't wait for it a second time.
+        silent = {f.pop("node") for f in train_failures if "node" in f and f["kind"] == "no-reply"}
+        for failure in train_failures:
+            failure.pop("node", None)
+        asked = [m for m in strategy.configure_evaluate(server_round, arrays, eval_config, grid)
+                 if m.metadata.dst_node_id not in silent]
+        ok_eval, eval_failures = _exchange(grid, asked, config.round_timeout, names)
+        for failure in eval_failures:
+            failure.pop("node", None)
         per_site_eval = {_site_name(r): _metrics(r) for r in ok_eval}
         eval_seconds = time.perf_counter() - eval_started
 

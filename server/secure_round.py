@@ -63,6 +63,25 @@ class _ObservedGrid:
         return replies
 
 
+class _SecAggPlus(SecAggPlusWorkflow):
+    """Flower's workflow, forgetting at once a site that drops out before sending its keys.
+
+    Flower 1.41 keeps such a site among the sampled nodes, so the unmask stage asks the
+    others for key shares they never received and the whole round fails (KeyError at
+    every site). A site that never sent keys holds no mask in anyone's vector: dropping
+    it from the protocol's graph is exact.
+    """
+
+    def setup_stage(self, grid, context, state) -> bool:
+        if not super().setup_stage(grid, context, state):
+            return False
+        answered = set(state.active_node_ids)
+        state.sampled_node_ids = answered
+        state.nid_to_neighbours = {nid: neighbours & answered
+                                   for nid, neighbours in state.nid_to_neighbours.items() if nid in answered}
+        return self._check_threshold(state)
+
+
 class _OneRound(LegacyStrategy):
     """Hands the workflow this round's FitIns and keeps the unmasked average it computes."""
 
@@ -113,7 +132,7 @@ def secure_train_round(grid: Grid, instructions: list[Message], reference: dict[
     server_round = int(instructions[0].content[wire.CONFIG]["server-round"])
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round})
     context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
-    workflow = SecAggPlusWorkflow(
+    workflow = _SecAggPlus(
         num_shares=1.0, reconstruction_threshold=config.secagg_threshold, max_weight=float(config.secagg_max_weight),
         clipping_range=config.secagg_clipping_range, quantization_range=QUANTIZATION_RANGE,
         modulus_range=MODULUS_RANGE, timeout=config.round_timeout)

@@ -9,7 +9,10 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedMedian,
     FedProx,
+    FedTrimmedAvg,
+    Krum,
     Strategy,
 )
 
@@ -21,9 +24,11 @@ def _common(config: RunConfig) -> dict:
     return dict(
         fraction_train=1.0,
         fraction_evaluate=1.0,
-        min_train_nodes=config.sites,
-        min_evaluate_nodes=config.sites,
-        min_available_nodes=config.sites,
+        # Every connected site takes part; a round waits only for min-sites, so a site that
+        # is down does not stall the federation (the run's start waits for all `sites`).
+        min_train_nodes=config.min_sites,
+        min_evaluate_nodes=config.min_sites,
+        min_available_nodes=config.min_sites,
         weighted_by_key=wire.NUM_EXAMPLES,
         arrayrecord_key=wire.ARRAYS,
         configrecord_key=wire.CONFIG,
@@ -34,6 +39,11 @@ STRATEGY_FACTORIES: dict[str, Callable[[RunConfig], Strategy]] = {
     "fedavg": lambda c: FedAvg(**_common(c)),
     "fedprox": lambda c: FedProx(**_common(c), proximal_mu=c.proximal_mu),
     "fedadam": lambda c: FedAdam(**_common(c), eta=c.server_learning_rate, eta_l=c.learning_rate),
+    # Robust aggregation (aggregation = "plain" only: they need each site's update).
+    # Stateless across rounds, so a checkpoint keeps no strategy state for them.
+    "fedmedian": lambda c: FedMedian(**_common(c)),
+    "fedtrimmedavg": lambda c: FedTrimmedAvg(**_common(c), beta=c.trim_fraction),
+    "krum": lambda c: Krum(**_common(c), num_malicious_nodes=c.faulty_sites),
 }
 
 

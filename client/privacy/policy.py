@@ -2,7 +2,7 @@
 
 Read from ``<site-dir>/policy.toml``; the SuperNode's node config may override single
 settings as flat keys (``privacy.max-epsilon = 4.0``, ``apps.allowed-hashes =
-"<hash>,<hash>"``, ``deid.<key> = ...``). The run config (the coordinator's) never
+"<digest>,<digest>"``, ``deid.<key> = ...``). The run config (the coordinator's) never
 can. A missing file means the defaults::
 
     [privacy]
@@ -12,8 +12,20 @@ can. A missing file means the defaults::
     max-rounds-per-run = 100     # rounds of one run this site trains in
     allow-non-private = false    # refuse requests with noise_multiplier 0
     [apps]
-    allowed-hashes = []          # FAB sha256 hashes this site runs; empty = any
+    allowed-hashes = []          # app digests this site runs (`fedrad-site app digest`)
+    allow-any-app = false        # true: run any app (virtual simulation sites only)
     [deid]                       # exposed as a read-only mapping; client.deid interprets it
+
+Apps are secure by default: a site runs an app only if its digest
+(:mod:`client.app_digest`: sha256 over the app's files, the same from the ``.fab``
+file, the installed app and the checkout it was built from) is listed in
+``allowed-hashes``. An empty list allows no app, so a new site declines every round
+("app-not-allowed", naming the digest that asked) until its operator reviews the app
+and lists its digest. ``allow-any-app = true`` turns the check off; the virtual sites
+of a simulation write it, a real site should not. The ClientApp checks its own
+digest before it trains or evaluates. This guards against running an unreviewed
+version of fedrad's app; it cannot stop a hostile app that omits the check, which
+needs the SuperNode to verify the FAB before it runs it (Flower's signed FABs).
 
 Everything is validated once, when loaded; every problem is collected into one
 :class:`PolicyError` that names each setting, its rule and the fix.
@@ -70,7 +82,7 @@ class RoundRequest:
     steps: int
     run_id: int | str
     server_round: int
-    app: str = ""  # the FAB hash of the requesting app; "" when unknown
+    app: str = ""  # the app digest of the requesting app (client.app_digest); "" when unknown
 
 
 @dataclass(frozen=True)
@@ -140,8 +152,10 @@ _SETTINGS: dict[str, dict[str, _Setting]] = {
     },
     "apps": {
         "allowed-hashes": _Setting("allowed_hashes", _hashes,
-                                   "a list of FAB sha256 hashes (64 lowercase hex characters each)",
-                                   'set allowed-hashes = ["<hash from `flwr build`>"], or [] for any app'),
+                                   "a list of app digests (64 hex characters each)",
+                                   'set allowed-hashes = ["<digest from `fedrad-site app digest`>"]'),
+        "allow-any-app": _Setting("allow_any_app", _boolean, "true or false",
+                                  "set allow-any-app = false (true only for simulated sites)"),
     },
 }
 
@@ -161,6 +175,7 @@ def _kind(value: Any) -> str:
 class SitePolicy:
     privacy: PrivacyRules = PrivacyRules()
     allowed_hashes: tuple[str, ...] = ()
+    allow_any_app: bool = False
     deid: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "defaults"
 
@@ -197,7 +212,8 @@ class SitePolicy:
         if problems:
             raise PolicyError(problems, source=source)
         allowed = values.pop("allowed_hashes", ())
-        return cls(privacy=replace(PrivacyRules(), **values), allowed_hashes=allowed,
+        any_app = values.pop("allow_any_app", False)
+        return cls(privacy=replace(PrivacyRules(), **values), allowed_hashes=allowed, allow_any_app=any_app,
                    deid=_freeze(deid), source=source)
 
     def resolve_delta(self, patients: int) -> float:
@@ -222,7 +238,21 @@ class SitePolicy:
         return delta
 
     def allows_app(self, app_hash: str) -> bool:
-        return not self.allowed_hashes or app_hash.lower() in self.allowed_hashes
+        """Whether the site runs the app with this digest ("" when unknown: only with allow-any-app)."""
+        return self.allow_any_app or (isinstance(app_hash, str) and app_hash.lower() in self.allowed_hashes)
+
+    def check_app(self, app_hash: str) -> Decision:
+        """Accept or decline running the app whose digest is ``app_hash``."""
+        if self.allows_app(app_hash):
+            return Decision(True, "accepted", "accepted: " + ("[apps] allow-any-app = true" if self.allow_any_app
+                                                              else "the app's digest is in [apps] allowed-hashes"))
+        which = f"app {app_hash.lower()}" if FAB_HASH_RE.fullmatch(str(app_hash).lower()) \
+            else "an app whose digest is unknown"
+        listed = ("the site allows no app yet (an empty [apps] allowed-hashes allows none)"
+                  if not self.allowed_hashes else "it is not in the site's [apps] allowed-hashes")
+        return Decision(False, "app-not-allowed", f"declined: this site has not approved {which}: {listed}; "
+                        "fix (site): review the app, then add its digest to [apps] allowed-hashes in "
+                        "policy.toml (`fedrad-site app digest --fab FILE` prints a FAB's digest)")
 
     def decide(self, request: RoundRequest, ledger: PrivacyLedger, dataset: str, patients: int) -> Decision:
         """Accept or decline one round's requested training on ``dataset``.
@@ -246,10 +276,9 @@ class SitePolicy:
             return Decision(False, "invalid-request", f"declined: the round's request is malformed ({exc}); "
                             "fix (coordinator): send noise-multiplier >= 0, sample-rate in (0, 1], steps >= 1")
         rules = self.privacy
-        if not self.allows_app(request.app):
-            return Decision(False, "app-not-allowed", "declined: this app's FAB hash is not in the site's "
-                            "[apps] allowed-hashes; fix (site): add the hash to policy.toml if the site "
-                            "approves this app")
+        app = self.check_app(request.app)
+        if not app.accept:
+            return app
         if sigma == 0 and not rules.allow_non_private:
             return Decision(False, "non-private-refused", "declined: non-private training (noise multiplier 0) "
                             "is refused by [privacy] allow-non-private = false; fix (coordinator): request DP "

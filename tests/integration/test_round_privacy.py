@@ -9,6 +9,8 @@ from client.sitedata import load_site_data
 from client.virtual_site import ensure_virtual_site
 from common.config import TrainSettings
 
+ANY_APP = "[apps]\nallow-any-app = true\n"  # a virtual site's policy runs any app (see test_app_policy.py)
+
 
 @pytest.fixture()
 def site(tmp_path):
@@ -35,7 +37,7 @@ def test_two_runs_accumulate_and_epsilon_equals_an_independent_computation(site)
 
 
 def test_over_budget_declines_with_a_typed_reason(site):
-    (site.site_dir / "policy.toml").write_text("[privacy]\nmax-epsilon = 0.5\n")
+    (site.site_dir / "policy.toml").write_text("[privacy]\nmax-epsilon = 0.5\n" + ANY_APP)
     data = load_site_data(site.store, 16)
     with pytest.raises(SiteDeclined) as declined:
         _round(site, data, TrainSettings(batch_size=4, noise_multiplier=1.0, rounds=1))
@@ -43,7 +45,7 @@ def test_over_budget_declines_with_a_typed_reason(site):
 
 
 def test_non_private_request_is_declined_unless_the_site_allows_it(site):
-    (site.site_dir / "policy.toml").write_text("[privacy]\nmax-epsilon = 8.0\n")
+    (site.site_dir / "policy.toml").write_text("[privacy]\nmax-epsilon = 8.0\n" + ANY_APP)
     data = load_site_data(site.store, 16)
     with pytest.raises(SiteDeclined) as declined:
         _round(site, data, TrainSettings(batch_size=4, privacy="none"))
@@ -58,7 +60,7 @@ def test_target_epsilon_too_small_names_the_setting(site):
 
 def test_delta_at_or_above_one_over_patients_names_delta(site):
     data = load_site_data(site.store, 16)
-    (site.site_dir / "policy.toml").write_text(f"[privacy]\ndelta = {1 / data.patients}\n")
+    (site.site_dir / "policy.toml").write_text(f"[privacy]\ndelta = {1 / data.patients}\n" + ANY_APP)
     with pytest.raises(PolicyError, match="delta"):
         _round(site, data, TrainSettings(batch_size=4, noise_multiplier=1.0))
 

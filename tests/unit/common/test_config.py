@@ -45,3 +45,26 @@ def test_every_setting_is_declared_in_pyproject_with_its_default():
     declared = declared["tool"]["flwr"]["app"]["config"]
     assert RunConfig.from_mapping(declared) == RunConfig()
     assert set(declared) == set(RunConfig().to_dict())
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "krum"])
+def test_robust_strategy_under_secagg_names_the_conflict_and_the_fix(strategy):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({"strategy": strategy, "sites": 5})  # aggregation defaults to secagg+
+    (problem,) = error.value.problems
+    assert f"strategy '{strategy}'" in problem and "secagg+" in problem and "aggregation='plain'" in problem
+    config = RunConfig.from_mapping({"strategy": strategy, "sites": 5, "aggregation": "plain"})
+    assert config.strategy == strategy
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"strategy": "fedmedian", "client-dp": "fixed"}, "does not average"),
+    ({"strategy": "fedtrimmedavg", "sites": 4, "trim-fraction": 0.2}, "trims nothing with 4 sites"),
+    ({"trim-fraction": 0.5}, "'trim-fraction'"),
+    ({"strategy": "krum", "sites": 4, "faulty-sites": 1}, "at least 5 sites"),
+    ({"faulty-sites": -1}, "'faulty-sites'"),
+])
+def test_robust_strategy_settings_are_checked(raw, fragment):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_mapping({"aggregation": "plain", **raw})
+    assert fragment in str(error.value)

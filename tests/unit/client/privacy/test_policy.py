@@ -22,7 +22,8 @@ def _write(site_dir: Path, text: str) -> None:
 
 
 def _policy(**privacy) -> SitePolicy:
-    return SitePolicy(privacy=PrivacyRules(**privacy))
+    """A policy with these privacy rules that runs any app (the app check is tested apart)."""
+    return SitePolicy(privacy=PrivacyRules(**privacy), allow_any_app=True)
 
 
 def _request(**overrides) -> RoundRequest:
@@ -35,7 +36,8 @@ def test_defaults_without_a_policy_file(tmp_path):
     assert policy.privacy == PrivacyRules(max_epsilon=8.0, delta=0.0, min_noise_multiplier=0.5,
                                           max_rounds_per_run=100, allow_non_private=False)
     assert policy.allowed_hashes == () and dict(policy.deid) == {} and policy.source == "defaults"
-    assert policy.allows_app("anything")
+    assert policy.allow_any_app is False  # secure by default: no app is allowed until listed
+    assert not policy.allows_app(HASH) and not policy.allows_app("")
 
 
 def test_policy_file_and_node_config_overrides(tmp_path):
@@ -184,3 +186,47 @@ def test_noise_from_the_search_is_accepted(ledger):
                          PATIENTS).accept
     assert not policy.decide(_request(noise_multiplier=sigma * 0.8, steps=1000, server_round=2), ledger,
                              DATASET, PATIENTS).accept
+
+
+DIGEST = "c0ffee" + "0" * 58
+
+
+def test_empty_allowed_hashes_declines_every_app_naming_its_digest_and_the_fix(ledger):
+    decision = SitePolicy().decide(_request(app=DIGEST.upper()), ledger, DATASET, PATIENTS)
+    assert not decision.accept and decision.reason_kind == "app-not-allowed" and decision.projected is None
+    assert DIGEST in decision.message and "allows no app yet" in decision.message
+    assert "[apps] allowed-hashes" in decision.message and "policy.toml" in decision.message
+    assert "fedrad-site app digest" in decision.message
+    unknown = SitePolicy().decide(_request(), ledger, DATASET, PATIENTS)
+    assert unknown.reason_kind == "app-not-allowed" and "digest is unknown" in unknown.message
+    assert ledger.entries(DATASET) == []  # deciding never charges
+
+
+def test_a_listed_digest_is_accepted_and_any_other_declined(ledger):
+    policy = SitePolicy(allowed_hashes=(DIGEST,))
+    assert policy.decide(_request(app=DIGEST), ledger, DATASET, PATIENTS).accept
+    other = policy.decide(_request(app=HASH), ledger, DATASET, PATIENTS)
+    assert other.reason_kind == "app-not-allowed" and HASH in other.message and DIGEST not in other.message
+    assert "not in the site's [apps] allowed-hashes" in other.message
+
+
+def test_allow_any_app_from_the_file_and_the_node_config(tmp_path, ledger):
+    _write(tmp_path, "[apps]\nallow-any-app = true\n")
+    policy = load_policy(tmp_path)
+    assert policy.allow_any_app and policy.allows_app(HASH) and policy.allows_app("")
+    assert policy.decide(_request(app=HASH), ledger, DATASET, PATIENTS).accept
+    assert not load_policy(tmp_path, node_config={"apps.allow-any-app": False}).allows_app(HASH)
+    with pytest.raises(PolicyError, match=r"\[apps\] allow-any-app.*rule: true or false"):
+        load_policy(tmp_path, node_config={"apps.allow-any-app": "yes"})
+
+
+def test_the_app_decline_message_carries_nothing_but_the_digest(tmp_path, ledger):
+    """The message goes to the coordinator: the same text for any site, path or dataset."""
+    messages = set()
+    for name in ("a", "b"):
+        site_dir = tmp_path / name / "hospital-with-patients"
+        _write(site_dir, "[privacy]\nmax-epsilon = 3\n")
+        decision = load_policy(site_dir).decide(_request(app=DIGEST, run_id=name), ledger, name, PATIENTS)
+        assert decision.reason_kind == "app-not-allowed" and str(tmp_path) not in decision.message
+        messages.add(decision.message.replace(DIGEST, "<digest>"))
+    assert len(messages) == 1 and "<digest>" in messages.pop()
