@@ -18,8 +18,11 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import app as client_app
 
 
-def _wire(message: Message) -> Message:
-    return message_from_proto(message_to_proto(message))
+def _wire(message: Message, counter: dict[int, int] | None = None, node: int = 0) -> Message:
+    proto = message_to_proto(message)
+    if counter is not None:
+        counter[node] = counter.get(node, 0) + proto.ByteSize()
+    return message_from_proto(proto)
 
 
 class SitesInProcess(Grid):
@@ -33,6 +36,9 @@ class SitesInProcess(Grid):
             for i in range(sites)}
         self._replies: dict[str, Message] = {}
         self.received: list[Message] = []
+        self.bytes_to: dict[int, int] = {}  # node -> serialised bytes of the instructions it received
+        self.bytes_from: dict[int, int] = {}  # node -> serialised bytes of its replies
+        self.count_phase = ""  # count only this message type's bytes ("train"); "" counts all
         self.silence_after: dict[int, int] = {}  # node -> messages it answers before it disconnects
         self._answered: dict[int, int] = {}
 
@@ -58,11 +64,12 @@ class SitesInProcess(Grid):
             self._answered[node] = self._answered.get(node, 0) + 1
             if self._answered[node] > self.silence_after.get(node, float("inf")):
                 continue
-            incoming = _wire(message)
+            counted = not self.count_phase or message.metadata.message_type == self.count_phase
+            incoming = _wire(message, self.bytes_to if counted else None, node)
             incoming.metadata.__dict__["_run_id"] = 1
             reply = client_app(message=incoming, context=self._contexts[node])
             reply.metadata.__dict__["_src_node_id"] = node
-            self._replies[message.metadata.message_id] = _wire(reply)
+            self._replies[message.metadata.message_id] = _wire(reply, self.bytes_from if counted else None, node)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
