@@ -50,6 +50,26 @@ def certs(
          f"{files.server_key.name} never leaves the SuperLink")
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, runs/<run-name>/ (with metrics.jsonl).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the page (default RUN_DIR/report.html).")]
+    = None,
+) -> None:
+    """Write the run's HTML report: plots per round, tables, failures, settings and the model card."""
+    from server.report import write_report
+    from server.run_record import RunRecordError
+
+    try:
+        path = write_report(run_dir, out)
+    except RunRecordError as error:
+        _fail(str(error))
+    except OSError as error:
+        _fail(f"cannot write the report to {out or run_dir}: {error.strerror}: give --out a file in a folder "
+              "that exists and that you may write to")
+    _say(f"report written to {path} (one self-contained HTML file; open it in a browser, offline)")
+
+
 def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False)  # paths are text, not markup
 

@@ -28,6 +28,7 @@ from server.checkpoints import load_checkpoint, save_checkpoint
 from server.heldout import HeldOutSite
 from server.messaging import send_and_receive
 from server.model_card import write_model_card
+from server.report import write_report
 from server.secure_round import secure_train_round
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
 
@@ -276,6 +277,7 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
     save_weights(run_dir / "model.safetensors", weights, metadata={"rounds": str(config.rounds)})
     write_json_atomic(run_dir / "run_config.json", config.to_dict())
     write_model_card(run_dir, config, history)
+    write_report(run_dir)  # last: it reads the files above
     return RunResult(run_dir=run_dir, history=history)
 
 
