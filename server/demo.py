@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return completed.returncode or 1
     print(f"\nfedrad demo finished in {time.perf_counter() - started:.0f} s")
     print("\n".join(summary_lines(run_dir)))
-    print(f"results: {run_dir}  (metrics.jsonl, model_card.md, checkpoints/, model.safetensors)")
+    print(f"results: {run_dir}  (report.html, metrics.jsonl, model_card.md, checkpoints/, model.safetensors)")
     return 0
 
 

@@ -49,6 +49,8 @@ def test_two_sites_two_rounds_end_to_end(tmp_path, shared_cache):
         assert line["wall_seconds"]["round"] > 0
     assert (run_dir / "model.safetensors").stat().st_size > 0
     assert (run_dir / "checkpoints" / "round-0002.json").exists()
+    report = (run_dir / "report.html").read_text()
+    assert "site-001" in report and "held-out" in report.lower()
     assert "finished 2 round(s)" in completed.stdout
 
 
