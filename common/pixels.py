@@ -145,10 +145,11 @@ class PixelPipeline:
 
     def __call__(self, ds: Dataset) -> np.ndarray:
         values = _modality(_decode(ds), ds)
-        image = window(values, ds)
+        square, image = _square_canvas(values.shape)
+        window(values, ds, out=image)  # straight into the padded square: no copies
         if _photometric(ds) == "MONOCHROME1":
-            image = 1.0 - image
-        return _resize(_pad_square(image), self.size)
+            np.subtract(1.0, image, out=image)
+        return _resize(square, self.size)
 
 
 def _decode(ds: Dataset) -> np.ndarray:
@@ -268,8 +269,9 @@ def _modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 # ------------------------------------------------------------------------------ VOI
 
 
-def window(values: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Apply the VOI transform to modality values; return float64 in [0, 1].
+def window(values: np.ndarray, ds: Dataset, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Apply the VOI transform to modality values; return float64 in [0, 1] (in ``out``,
+    a float64 array of the same shape, when given).
 
     Precedence: the first VOI LUT Sequence item; else the first Window Center/Width
     with the VOI LUT Function (LINEAR when absent or unknown); else the robust
@@ -277,11 +279,15 @@ def window(values: np.ndarray, ds: Dataset) -> np.ndarray:
     to the next rule.
     """
     values = np.asarray(values, dtype=np.float64)
-    out = _voi_lut(values, ds)
     if out is None:
-        params = _window_params(ds)
-        out = _voi_function(values, *params) if params else _percentile_window(values)
-    return np.clip(out, 0.0, 1.0)
+        out = np.empty_like(values)
+    mapped = _voi_lut(values, ds)
+    if mapped is not None:
+        return np.clip(mapped, 0.0, 1.0, out=out)
+    params = _window_params(ds)
+    if params is None:
+        return _percentile_window(values, out)
+    return _voi_function(values, *params, out)  # already clipped to [0, 1]
 
 
 def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
@@ -314,39 +320,53 @@ def _window_params(ds: Dataset) -> tuple[float, float, str] | None:
     return center, width, function
 
 
-def _voi_function(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """PS3.3 C.11.2.1.2 / C.11.2.1.3 with y_min = 0 and y_max = 1."""
+def _voi_function(x: np.ndarray, center: float, width: float, function: str, out: np.ndarray) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 / C.11.2.1.3 with y_min = 0 and y_max = 1, computed in ``out``."""
     if function == "SIGMOID":
         # 1 / (1 + exp(-4 (x - c) / w)), written with tanh so it cannot overflow
-        return 0.5 * (1.0 + np.tanh(2.0 * (x - center) / width))
+        np.subtract(x, center, out=out)
+        np.multiply(2.0, out, out=out)
+        np.divide(out, width, out=out)
+        np.tanh(out, out=out)
+        np.add(1.0, out, out=out)
+        return np.multiply(0.5, out, out=out)
+    if function == "LINEAR" and width == 1:  # LINEAR with an empty ramp is a step at c - 0.5
+        out[...] = x > center - 0.5
+        return out
     if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if width == 1:  # LINEAR with an empty ramp is a step at c - 0.5
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+        np.subtract(x, center, out=out)
+        np.divide(out, width, out=out)
+    else:
+        np.subtract(x, center - 0.5, out=out)
+        np.divide(out, width - 1, out=out)
+    np.add(out, 0.5, out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _percentile_window(values: np.ndarray) -> np.ndarray:
-    """Linear window over the 0.5th-99.5th percentiles (min-max if they coincide)."""
+def _percentile_window(values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Linear window over the 0.5th-99.5th percentiles (min-max if they coincide), in ``out``."""
     low, high = np.percentile(values, [0.5, 99.5])
     if high <= low:
         low, high = float(values.min()), float(values.max())
     if high <= low:
-        return np.zeros_like(values)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
+        out[...] = 0.0
+        return out
+    np.subtract(values, low, out=out)
+    np.divide(out, high - low, out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 # ---------------------------------------------------------------------- geometry
 
 
-def _pad_square(image: np.ndarray) -> np.ndarray:
-    """Centre the image on a square of zeros (black) whose side is the longer side."""
-    rows, columns = image.shape
+def _square_canvas(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A square of zeros (black) whose side is the longer side, and the centred view
+    of it where an image of ``shape`` goes."""
+    rows, columns = shape
     side = max(rows, columns)
-    out = np.zeros((side, side), dtype=np.float64)
+    square = np.zeros((side, side), dtype=np.float64)
     top, left = (side - rows) // 2, (side - columns) // 2
-    out[top : top + rows, left : left + columns] = image
-    return out
+    return square, square[top : top + rows, left : left + columns]
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
