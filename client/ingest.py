@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from client.deid import DeidOptions, Deidentifier, PixelCleanRule
+from client.deid.encode import encode
 from client.deid.profile import quiet_pydicom
 from client.keys import SiteKeys
 from client.labels import read_labels
@@ -148,11 +148,9 @@ def _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys) -> str
         tensor = pixels(result.dataset)
     except ImageRefused as refused:
         return refused.reason
-    buffer = io.BytesIO()
-    result.dataset.save_as(buffer, enforce_file_format=True)
     store.add_image(
         source_key=source_key,
-        dicom=buffer.getvalue(),
+        dicom=encode(result.dataset),
         tensor=tensor.astype("float16"),
         patient_key=result.patient_key,
         label=labels[uid],

@@ -10,6 +10,7 @@ from pydicom.multival import MultiValue
 from . import clean, dates
 from .actions import Op, basic_op, dummy_value, resolve
 from .options import DeidOptions
+from .raw import decodes, keeps_encoding, raw_vr
 from .table import Entry, ProfileTable
 from .uids import CLASS_UID_TAGS
 
@@ -60,6 +61,8 @@ class Walk:
             ):
                 del ds[tag]
                 continue
+            if not group & 1 and self._decided_raw(ds, tag, self.table.lookup(t), mode):
+                continue
             try:
                 elem = ds[tag]
             except Exception:  # a value pydicom cannot decode cannot be checked: drop it
@@ -70,8 +73,28 @@ class Walk:
                     self._items(elem, mode)
                 continue
             entry = self.table.lookup(t)
-            op = resolve(entry, elem.VR, self.options) if entry else self._default_op(t, elem.VR, mode)
-            self._apply(ds, elem, op, entry, mode)
+            self._apply(ds, elem, self._op(t, elem.VR, entry, mode), entry, mode)
+
+    def _decided_raw(self, ds: pydicom.Dataset, tag, entry: Entry | None, mode: Mode) -> bool:
+        """Apply an operation that needs no decoded value to a raw element (see ``raw.py``);
+        False when the element must be decoded first."""
+        raw = ds.get_item(tag)
+        vr = raw_vr(ds, raw)
+        if vr is None or vr == "SQ":
+            return False
+        op = self._op(int(tag), vr, entry, mode)
+        if op is Op.REMOVE:
+            del ds[tag]
+        elif op is Op.ZERO:
+            ds[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
+        elif op in (Op.DUMMY, Op.REMAP) and vr != "UI":
+            ds[tag] = DataElement(tag, vr, dummy_value(vr))
+        elif op is Op.KEEP and keeps_encoding(ds, raw, vr):
+            if not decodes(ds, raw):  # a value pydicom cannot decode cannot be checked: drop it
+                del ds[tag]
+        else:
+            return False
+        return True
 
     def _private_to_keep(self, ds: pydicom.Dataset) -> set[int]:
         allow = self.options.retain_safe_private
@@ -91,6 +114,9 @@ class Walk:
             if (creators.get(creator_tag), t & 0xFF) in allow:
                 keep.update((t, creator_tag))
         return keep
+
+    def _op(self, tag: int, vr: str, entry: Entry | None, mode: Mode) -> Op:
+        return resolve(entry, vr, self.options) if entry else self._default_op(tag, vr, mode)
 
     def _default_op(self, tag: int, vr: str, mode: Mode) -> Op:
         dates_option = self.options.retain_longitudinal_modified_dates
