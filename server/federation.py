@@ -180,6 +180,14 @@ def _json_safe(value):
     return value
 
 
+def _in_dtypes(arrays: ArrayRecord, dtypes: dict[str, np.dtype]) -> ArrayRecord:
+    """The global model in the model's own dtypes: server optimisers (FedAdam) compute in
+    float64, and sites refuse weights whose dtype differs from their model's."""
+    if all(arrays[name].numpy().dtype == dtype for name, dtype in dtypes.items()):
+        return arrays
+    return ArrayRecord({name: Array(arrays[name].numpy().astype(dtype)) for name, dtype in dtypes.items()})
+
+
 def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] = print) -> RunResult:
     """Run `config.rounds` rounds (continuing a checkpoint if `resume-from` is set)."""
     run_dir = Path(config.runs_dir).expanduser().resolve() / config.run_name
@@ -227,9 +235,11 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
                 f"round {server_round}: only {len(ok)} site(s) returned an update but min-sites is "
                 f"{config.min_sites}; see the failures above, fix those sites, and resume from the last "
                 f"checkpoint in {run_dir / 'checkpoints'}")
+        dtypes = {name: arrays[name].numpy().dtype for name in arrays}
         arrays, _ = strategy.aggregate_train(server_round, to_aggregate)
         if arrays is None:
             raise FederationError(f"round {server_round}: the strategy could not aggregate the updates")
+        arrays = _in_dtypes(arrays, dtypes)
         per_site_train = {_site_name(r): _metrics(r) for r in ok}
         per_site_privacy = {_site_name(r): _privacy(r) for r in ok}
 

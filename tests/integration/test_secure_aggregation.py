@@ -107,3 +107,14 @@ def test_updates_beyond_the_norm_bound_are_refused_per_site(tmp_path, cache, agg
     refused = [s for s in said if "(update-refused)" in s and "exceeds the run's bound max-update-norm" in s]
     assert sorted(s.split()[3] for s in refused) == ["site-000", "site-001"]
     assert not (tmp_path / "runs" / "guard" / "metrics.jsonl").exists()  # nothing was aggregated
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("aggregation", ["plain", "secagg+"])
+def test_fedadam_sends_the_sites_weights_in_the_models_dtype(tmp_path, cache, aggregation):
+    """FedAdam's server optimiser computes in float64; round 2's sites must still accept its model."""
+    weights, history, _ = _run(tmp_path, cache, f"adam-{aggregation}", strategy="fedadam", rounds=2, sites=2,
+                               aggregation=aggregation)
+    assert [line["round"] for line in history] == [1, 2]
+    assert all(line["failures"] == [] and len(line["sites"]) == 2 for line in history)
+    assert {array.dtype for array in weights.values()} == {np.dtype(np.float32)}
