@@ -8,11 +8,14 @@ per physical batch, one noisy step per logical batch).
 
 Time: every variant lives in this one process; each iteration runs one step of every
 variant, in rotating order, after a warm-up; the figure is the median step time.
+"hooks" uses fedrad's Conv2d per-sample sampler (client/grad_samplers.py, registered in
+Opacus' registry); "hooks/opacus-conv" is the same with Opacus' own unfold-based sampler.
 Peak memory: each variant runs in a fresh subprocess that builds its model, data and
 optimiser, resets the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5), runs the
-steps and reads `VmHWM`; "peak MB" is that peak minus the RSS before the first step,
-i.e. what the training steps themselves add (activations, per-sample gradients, Adam
-state, allocator caches), not the ~300 MB of torch itself.
+steps and reads `VmHWM`. "peak RSS" is that whole process's peak (torch included): its
+ratio to plain's is the target's "peak memory, DP / non-private". "growth" is the peak
+minus the RSS before the first step, i.e. what the training steps themselves add
+(activations, per-sample gradients, Adam state, allocator caches); its ratio is stricter.
 A last table times whole rounds, `train` vs `train_private` ("hooks" and "ew") on one
 synthetic site (640 images of 320 patients; DP: q = 0.1, 10 Poisson steps/epoch of ~32
 patients, where "ew" switches to a slower kernel below 32), as seconds per step.
@@ -39,13 +42,15 @@ from _common import REPO, write_result
 sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore")
 
+from client.grad_samplers import conv2d_grad_sample, opacus_conv_grad_sample  # noqa: E402
 from client.private_training import DEFAULT_GRAD_SAMPLE_MODE, DPConfig, train_private  # noqa: E402
 from client.training import train  # noqa: E402
 from common.config import TrainSettings  # noqa: E402
 from common.model import build_model  # noqa: E402
 
 IMAGE_SIZE, BATCH = 64, 32
-VARIANTS = ("plain", "hooks", "ew", "functorch", "ghost", "hooks/phys8")
+VARIANTS = ("plain", "hooks", "hooks/opacus-conv", "ew", "functorch", "ghost", "hooks/phys8")
+OPACUS_CONV = "/opacus-conv"  # hooks mode with Opacus' own Conv2d sampler instead of fedrad's
 TARGET = 1.3
 
 
@@ -64,6 +69,8 @@ def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor):
             optimizer.step()
         return step
 
+    if variant.endswith(OPACUS_CONV):
+        return _with_opacus_conv_sampler(make_step(variant.removesuffix(OPACUS_CONV), images, targets))
     mode, _, physical = variant.partition("/phys")
     loader = DataLoader(TensorDataset(images.repeat(10, 1, 1, 1), targets.repeat(10)), batch_size=BATCH)
     private = PrivacyEngine(accountant="rdp", secure_mode=False).make_private(
@@ -81,6 +88,19 @@ def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor):
             dp_optimizer.signal_skip_step(do_skip=index < len(chunks) - 1)
             dp_optimizer.step()
     return dp_step
+
+
+def _with_opacus_conv_sampler(step):
+    """`step` run with Opacus' unfold-based Conv2d sampler in the registry (fedrad's restored after)."""
+    from opacus.grad_sample import GradSampleHooks
+
+    def opacus_step() -> None:
+        GradSampleHooks.GRAD_SAMPLERS[nn.Conv2d] = opacus_conv_grad_sample
+        try:
+            step()
+        finally:
+            GradSampleHooks.GRAD_SAMPLERS[nn.Conv2d] = conv2d_grad_sample
+    return opacus_step
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,17 +175,18 @@ def step_table(variants: list[str], threads: int, args: argparse.Namespace) -> l
     memory = {variant: peak_memory(variant, args.memory_steps, threads) for variant in variants}
     print(f"\nbuild_model({IMAGE_SIZE}), batch {BATCH}, Adam, torch threads {threads}, "
           f"median of {args.steps} steps after {args.warmup} warm-up, alternating in one process")
-    print(f"{'mode':14s} {'step ms':>8s} {'ratio':>6s} {'peak MB':>8s} {'ratio':>6s} {'process MB':>10s}")
+    print(f"{'mode':18s} {'step ms':>8s} {'ratio':>6s} {'peak RSS MB':>11s} {'ratio':>6s} {'growth MB':>9s} {'ratio':>6s}")
     rows = []
     for variant in variants:
         row = {"mode": variant, "threads": threads, "step_ms": round(step_ms[variant], 1),
                "time_ratio": round(step_ms[variant] / step_ms["plain"], 2),
-               "peak_mb": round(memory[variant]["growth_mb"], 1),
-               "memory_ratio": round(memory[variant]["growth_mb"] / memory["plain"]["growth_mb"], 2),
-               "process_peak_rss_mb": round(memory[variant]["peak_rss_mb"], 1)}
+               "peak_rss_mb": round(memory[variant]["peak_rss_mb"], 1),
+               "memory_ratio": round(memory[variant]["peak_rss_mb"] / memory["plain"]["peak_rss_mb"], 2),
+               "growth_mb": round(memory[variant]["growth_mb"], 1),
+               "growth_ratio": round(memory[variant]["growth_mb"] / memory["plain"]["growth_mb"], 2)}
         rows.append(row)
-        print(f"{variant:14s} {row['step_ms']:8.1f} {row['time_ratio']:6.2f} {row['peak_mb']:8.1f} "
-              f"{row['memory_ratio']:6.2f} {row['process_peak_rss_mb']:10.0f}")
+        print(f"{variant:18s} {row['step_ms']:8.1f} {row['time_ratio']:6.2f} {row['peak_rss_mb']:11.0f} "
+              f"{row['memory_ratio']:6.2f} {row['growth_mb']:9.1f} {row['growth_ratio']:6.2f}")
     return rows
 
 
@@ -184,8 +205,8 @@ def main() -> None:
         return
     variants = ["plain"] + [v for v in args.variants if v != "plain"]
     rows = [row for threads in args.threads for row in step_table(variants, threads, args)]
-    print("(peak MB: peak RSS during the steps minus RSS after setup, fresh process per mode; "
-          "process MB: that process's whole peak RSS, torch included)")
+    print("(fresh process per mode; peak RSS: the process's whole peak resident memory, torch included, the "
+          "'peak memory' of the target; growth: that peak minus the RSS after setup, what the steps add)")
 
     torch.set_num_threads(args.threads[0])
     round_modes = [m for m in ("hooks", "ew") if m in variants] or [DEFAULT_GRAD_SAMPLE_MODE]
@@ -200,8 +221,9 @@ def main() -> None:
         "setup": {"model": f"build_model({IMAGE_SIZE})", "batch_size": BATCH, "optimizer": "Adam",
                   "noise_multiplier": 1.0, "max_grad_norm": 1.0, "threads": args.threads,
                   "steps": args.steps, "warmup": args.warmup, "memory_steps": args.memory_steps,
-                  "memory_method": "fresh subprocess per mode; VmHWM reset via /proc/self/clear_refs after "
-                                   "setup; peak_mb = VmHWM after the steps - VmRSS before them"},
+                  "memory_method": "fresh subprocess per mode; memory_ratio = its whole-process peak RSS "
+                                   "(VmHWM) / plain's; growth = VmHWM after the steps (reset via "
+                                   "/proc/self/clear_refs after setup) - VmRSS before them"},
         "default_grad_sample_mode": DEFAULT_GRAD_SAMPLE_MODE,
         "steps": rows,
         "round_threads": args.threads[0],
