@@ -20,7 +20,16 @@ A last table times whole rounds, `train` vs `train_private` ("hooks" and "ew") o
 synthetic site (640 images of 320 patients; DP: q = 0.1, 10 Poisson steps/epoch of ~32
 patients, where "ew" switches to a slower kernel below 32), as seconds per step.
 
+`--phases` instead splits one step into forward (incl. zero_grad), backward (incl. Opacus'
+per-sample gradient hooks), clip + noise (`DPOptimizer.pre_step()`: clipping, accumulation,
+noise, scaling, accountant hook) and the Adam update (the wrapped optimizer's `step()`), for
+plain, "hooks/opacus-conv", "hooks" and "hooks/conv-free" (a zero Conv2d sampler, registered
+only while that variant runs: convolution per-sample gradients for free, a floor, not a mode);
+fastest of --steps interleaved steps per phase and for the whole step (1 torch thread unless
+--threads says otherwise).
+
     .venv/bin/python benchmarks/dp_overhead.py [--threads 2 1] [--steps 40]
+    .venv/bin/python benchmarks/dp_overhead.py --phases [--steps 40]
 """
 from __future__ import annotations
 
@@ -42,7 +51,7 @@ from _common import REPO, write_result
 sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore")
 
-from client.grad_samplers import conv2d_grad_sample, opacus_conv_grad_sample  # noqa: E402
+from client.grad_samplers import opacus_conv_grad_sample  # noqa: E402  (the import registers fedrad's)
 from client.private_training import DEFAULT_GRAD_SAMPLE_MODE, DPConfig, train_private  # noqa: E402
 from client.training import train  # noqa: E402
 from common.config import TrainSettings  # noqa: E402
@@ -50,57 +59,105 @@ from common.model import build_model  # noqa: E402
 
 IMAGE_SIZE, BATCH = 64, 32
 VARIANTS = ("plain", "hooks", "hooks/opacus-conv", "ew", "functorch", "ghost", "hooks/phys8")
-OPACUS_CONV = "/opacus-conv"  # hooks mode with Opacus' own Conv2d sampler instead of fedrad's
+PHASE_VARIANTS = {"plain": "non-private", "hooks/opacus-conv": "hooks, Opacus' Conv2d sampler",
+                  "hooks": "hooks, fedrad's Conv2d sampler",
+                  "hooks/conv-free": "hooks, convolution gradients free (zero sampler: a floor, not a mode)"}
+PHASES = ("forward", "backward", "clip + noise", "Adam", "step")
 TARGET = 1.3
 
 
-def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor):
-    """A closure running one training step of `variant` on the given batch."""
+def zero_conv_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
+                          backprops: torch.Tensor) -> dict[nn.Parameter, torch.Tensor]:
+    """Zero per-sample gradients: what hooks mode costs if a convolution's were free."""
+    return {p: p.new_zeros((backprops.shape[0], *p.shape)) for p in layer.parameters() if p.requires_grad}
+
+
+# Variant suffixes: hooks mode with another Conv2d sampler than fedrad's.
+CONV_SAMPLERS = {"/opacus-conv": opacus_conv_grad_sample, "/conv-free": zero_conv_grad_sample}
+
+
+def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor, phases: bool = False):
+    """A closure running one training step of `variant` on the given batch (returning its phase times
+    in seconds if `phases`)."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
+    for suffix, sampler in CONV_SAMPLERS.items():
+        if variant.endswith(suffix):
+            return _with_conv_sampler(make_step(variant.removesuffix(suffix), images, targets, phases), sampler)
     model = build_model(IMAGE_SIZE)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
     criterion: nn.Module = nn.BCEWithLogitsLoss()
-    if variant == "plain":
+    mode, _, physical = variant.partition("/phys")
+    if mode != "plain":
+        loader = DataLoader(TensorDataset(images.repeat(10, 1, 1, 1), targets.repeat(10)), batch_size=BATCH)
+        private = PrivacyEngine(accountant="rdp", secure_mode=False).make_private(
+            module=model, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=1.0,
+            max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode,
+            noise_generator=torch.Generator().manual_seed(0))
+        model, optimizer = private[0], private[1]
+        criterion = private[2] if len(private) == 4 else criterion
+    if phases:
+        return _phase_step(model, optimizer, criterion, images, targets)
+    if mode == "plain":
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             criterion(model(images), targets).backward()
             optimizer.step()
         return step
 
-    if variant.endswith(OPACUS_CONV):
-        return _with_opacus_conv_sampler(make_step(variant.removesuffix(OPACUS_CONV), images, targets))
-    mode, _, physical = variant.partition("/phys")
-    loader = DataLoader(TensorDataset(images.repeat(10, 1, 1, 1), targets.repeat(10)), batch_size=BATCH)
-    private = PrivacyEngine(accountant="rdp", secure_mode=False).make_private(
-        module=model, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=1.0,
-        max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode,
-        noise_generator=torch.Generator().manual_seed(0))
-    dp_model, dp_optimizer = private[0], private[1]
-    dp_criterion = private[2] if len(private) == 4 else criterion
     chunks = list(zip(images.split(int(physical)), targets.split(int(physical)))) if physical else [(images, targets)]
 
     def dp_step() -> None:
         for index, (x, y) in enumerate(chunks):
-            dp_optimizer.zero_grad(set_to_none=True)
-            dp_criterion(dp_model(x), y).backward()
-            dp_optimizer.signal_skip_step(do_skip=index < len(chunks) - 1)
-            dp_optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            criterion(model(x), y).backward()
+            optimizer.signal_skip_step(do_skip=index < len(chunks) - 1)
+            optimizer.step()
     return dp_step
 
 
-def _with_opacus_conv_sampler(step):
-    """`step` run with Opacus' unfold-based Conv2d sampler in the registry (fedrad's restored after)."""
-    from opacus.grad_sample import GradSampleHooks
+def _phase_step(model, optimizer, criterion, images: torch.Tensor, targets: torch.Tensor):
+    """One step timed by phase; a DPOptimizer's step() split into pre_step() and its wrapped Adam's."""
+    from opacus.optimizers import DPOptimizer
 
-    def opacus_step() -> None:
-        GradSampleHooks.GRAD_SAMPLERS[nn.Conv2d] = opacus_conv_grad_sample
+    private = isinstance(optimizer, DPOptimizer)
+
+    def step() -> dict[str, float | None]:
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(images), targets)
+        forward = time.perf_counter()
+        loss.backward()
+        backward = time.perf_counter()
+        if private:
+            if not optimizer.pre_step():
+                raise RuntimeError("DPOptimizer.pre_step() skipped the step")
+        clipped = time.perf_counter()
+        (optimizer.original_optimizer if private else optimizer).step()
+        done = time.perf_counter()
+        return {"forward": forward - started, "backward": backward - forward,
+                "clip + noise": clipped - backward if private else None, "Adam": done - clipped,
+                "step": done - started}
+    return step
+
+
+def _with_conv_sampler(step, sampler):
+    """`step` run with `sampler` as Opacus' Conv2d sampler, the registry's previous entry restored after."""
+    from opacus.grad_sample import GradSampleModule
+
+    def sampler_step():
+        registry = GradSampleModule.GRAD_SAMPLERS
+        previous = registry.get(nn.Conv2d)
+        registry[nn.Conv2d] = sampler
         try:
-            step()
+            return step()
         finally:
-            GradSampleHooks.GRAD_SAMPLERS[nn.Conv2d] = conv2d_grad_sample
-    return opacus_step
+            if previous is None:
+                del registry[nn.Conv2d]
+            else:
+                registry[nn.Conv2d] = previous
+    return sampler_step
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,18 +166,53 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
             (torch.rand(BATCH, generator=generator) > 0.5).float())
 
 
-def time_steps(variants: list[str], steps: int, warmup: int) -> dict[str, float]:
-    images, targets = batch()
-    runners = {variant: make_step(variant, images, targets) for variant in variants}
-    times: dict[str, list[float]] = {variant: [] for variant in variants}
+def interleaved(runners: dict, steps: int, warmup: int) -> dict[str, list]:
+    """Each runner's results over `steps` iterations after `warmup`; every iteration calls each runner
+    once, in rotating order."""
+    variants = list(runners)
+    results: dict[str, list] = {variant: [] for variant in variants}
     for iteration in range(warmup + steps):
         shift = iteration % len(variants)
         for variant in variants[shift:] + variants[:shift]:
-            started = time.perf_counter()
-            runners[variant]()
+            result = runners[variant]()
             if iteration >= warmup:
-                times[variant].append(time.perf_counter() - started)
+                results[variant].append(result)
+    return results
+
+
+def _timed(step):
+    def run() -> float:
+        started = time.perf_counter()
+        step()
+        return time.perf_counter() - started
+    return run
+
+
+def time_steps(variants: list[str], steps: int, warmup: int) -> dict[str, float]:
+    images, targets = batch()
+    times = interleaved({variant: _timed(make_step(variant, images, targets)) for variant in variants}, steps, warmup)
     return {variant: statistics.median(values) * 1000 for variant, values in times.items()}
+
+
+def phase_table(steps: int, warmup: int) -> list[dict]:
+    """Fastest time (ms) of each phase, and of the whole step, per PHASE_VARIANTS variant."""
+    images, targets = batch()
+    runs = interleaved({variant: make_step(variant, images, targets, phases=True) for variant in PHASE_VARIANTS},
+                       steps, warmup)
+    print(f"\nbuild_model({IMAGE_SIZE}), batch {BATCH}, Adam, torch threads {torch.get_num_threads()}, "
+          f"fastest of {steps} interleaved steps after {warmup} warm-up, ms")
+    print(f"{'':72s} " + " ".join(f"{phase:>12s}" for phase in PHASES) + f" {'/ plain':>7s}")
+    rows = []
+    for variant, label in PHASE_VARIANTS.items():
+        row = {"variant": variant, "label": label}
+        for phase in PHASES:
+            values = [run[phase] for run in runs[variant] if run[phase] is not None]
+            row[phase] = round(min(values) * 1000, 1) if values else None
+        row["ratio"] = round(row["step"] / rows[0]["step"], 2) if rows else 1.0
+        rows.append(row)
+        print(f"{label:72s} " + " ".join("           –" if row[phase] is None else f"{row[phase]:12.1f}"
+                                          for phase in PHASES) + f" {row['ratio']:7.2f}")
+    return rows
 
 
 def _status_kb(field: str) -> int:
@@ -192,14 +284,32 @@ def step_table(variants: list[str], threads: int, args: argparse.Namespace) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch thread settings to time")
+    parser.add_argument("--threads", type=int, nargs="+", help="torch thread settings to time (default 2 1; "
+                        "1 with --phases)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--memory-steps", type=int, default=5)
     parser.add_argument("--round-repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--phases", action="store_true", help="only time a step's phases (forward, backward, "
+                        "clip + noise, Adam) for plain and three hooks-mode Conv2d samplers")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.threads = args.threads or ([1] if args.phases else [2, 1])
+    if args.phases:
+        torch.set_num_threads(args.threads[0])
+        rows = phase_table(args.steps, args.warmup)
+        write_result("dp_overhead_phases", {
+            "setup": {"model": f"build_model({IMAGE_SIZE})", "batch_size": BATCH, "image_size": IMAGE_SIZE,
+                      "optimizer": "Adam", "noise_multiplier": 1.0, "max_grad_norm": 1.0,
+                      "threads": args.threads[0], "steps": args.steps, "warmup": args.warmup,
+                      "statistic": "fastest of the interleaved steps, per phase and for the whole step (ms)",
+                      "phases": {"forward": "zero_grad + forward + loss", "backward": "loss.backward() incl. "
+                                 "Opacus' per-sample gradient hooks", "clip + noise": "DPOptimizer.pre_step()",
+                                 "Adam": "the (wrapped) Adam's step()", "step": "all of it"}},
+            "phases": rows,
+        })
+        return
     if args.memory_child:
         memory_child(args.memory_child, args.steps, args.threads[0])
         return
