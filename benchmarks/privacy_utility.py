@@ -4,7 +4,11 @@ and without DP, same rounds, sites and seed. Target: AUC(epsilon 8) >= 0.95 x AU
 Each setting runs on freshly built virtual sites (so each ledger starts empty and the
 reported epsilon is that run's). Writes a table and an SVG plot.
 
-    .venv/bin/python benchmarks/privacy_utility.py [--rounds 10] [--local-epochs 2] [--epsilons 1 2 4 8]
+    .venv/bin/python benchmarks/privacy_utility.py [--rounds 10] [--local-epochs 2] [--epsilons 1 2 4 8] \
+        [--patients 0] [--batch-size 32]
+
+`--patients N` gives every site N patients (0: each synthetic hospital's own 60-120);
+`--batch-size` is the expected patients per DP-SGD step (and the non-private batch).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ def run(epsilon: float | None, args, work: Path) -> dict:
     name = "none" if epsilon is None else f"eps{epsilon:g}"
     config = {"sites": 4, "rounds": args.rounds, "local-epochs": args.local_epochs, "seed": args.seed,
               "run-name": name, "runs-dir": work / "runs", "sim-cache-dir": work / f"cache-{name}",
-              "privacy": "none" if epsilon is None else "dp", "target-epsilon": epsilon or 8.0}
+              "privacy": "none" if epsilon is None else "dp", "target-epsilon": epsilon or 8.0,
+              "sim-patients": args.patients, "batch-size": args.batch_size}
     with LocalSimulation(REPO, work_dir=work / f"sim-{name}") as simulation:
         outcome = simulation.run(sites=4, run_config=config, capture=True)
     if outcome.returncode != 0:
@@ -67,6 +72,8 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--patients", type=int, default=0, help="patients per site (0: each hospital's own)")
+    parser.add_argument("--batch-size", type=int, default=32, help="expected patients per step")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(None, args, Path(tmp))] + [run(e, args, Path(tmp)) for e in args.epsilons]
@@ -79,6 +86,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "privacy_utility.svg").write_text(svg_plot(rows, baseline))
     write_result("privacy_utility", {"rounds": args.rounds, "local_epochs": args.local_epochs, "rows": rows,
+                                     "patients_per_site": args.patients or "own", "batch_size": args.batch_size,
                                      "target": "AUC(eps 8) >= 0.95 x AUC(no DP)"})
 
 

@@ -12,7 +12,12 @@ Flower 1.41's simulation engine runs at most min(32, CPUs + 4) sites at once (it
 thread pool), 6 on a 2-core machine: with more sites the round runs in waves, and the
 ratio measures that, not per-message overhead. `waves` in the output says how many.
 
-    .venv/bin/python benchmarks/round_overhead.py [--sites 4 20] [--rounds 4] [--local-epochs 2] [--privacy none dp]
+    .venv/bin/python benchmarks/round_overhead.py [--sites 4 20] [--rounds 4] [--local-epochs 2] [--privacy none dp] \
+        [--patients 0]
+
+`--patients N` gives every virtual site N patients (0: each synthetic hospital's own
+60-120, which train for about a second): the per-round latency is fixed, so the ratio
+depends on how long a site trains.
 
 With `--privacy dp` (the default run setting) the site's per-round privacy bookkeeping
 (policy check, write-ahead charge, RDP and PRV accounting) counts as overhead too.
@@ -29,8 +34,9 @@ from _common import REPO, history, write_result
 from server.local_simulation import LocalSimulation
 
 
-def measure(sites: int, rounds: int, local_epochs: int, privacy: str, work: Path) -> dict:
+def measure(sites: int, rounds: int, local_epochs: int, privacy: str, patients: int, work: Path) -> dict:
     config = {"sites": sites, "rounds": rounds, "min-sites": sites, "run-name": f"overhead-{sites}-{privacy}",
+              "sim-patients": patients,
               "runs-dir": work / "runs", "sim-cache-dir": REPO / ".fedrad-cache" / f"overhead-{privacy}",
               "heldout-eval": False, "local-epochs": local_epochs, "image-size": 64, "privacy": privacy}
     with LocalSimulation(REPO, work_dir=work / f"sim-{sites}") as simulation:
@@ -45,7 +51,8 @@ def measure(sites: int, rounds: int, local_epochs: int, privacy: str, work: Path
         round_ratios.append(line["wall_seconds"]["round"] / (train + evaluate))
         slowest.append(train)
     waves = -(-sites // min(32, (os.cpu_count() or 1) + 4))
-    return {"sites": sites, "privacy": privacy, "rounds": rounds, "local_epochs": local_epochs, "waves": waves,
+    return {"sites": sites, "privacy": privacy, "patients_per_site": patients or "own", "rounds": rounds,
+            "local_epochs": local_epochs, "waves": waves,
             "train_ratio": round(statistics.median(train_ratios), 3),
             "round_ratio": round(statistics.median(round_ratios), 3),
             "slowest_site_train_seconds": round(statistics.median(slowest), 2)}
@@ -58,12 +65,13 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--privacy", nargs="+", default=["none", "dp"],
                         help="'none': framework overhead only; 'dp': also the site's per-round privacy accounting")
+    parser.add_argument("--patients", type=int, default=0, help="patients per virtual site (0: each hospital's own)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for privacy in args.privacy:
             for sites in args.sites:
-                result = measure(sites, args.rounds, args.local_epochs, privacy, Path(tmp))
+                result = measure(sites, args.rounds, args.local_epochs, privacy, args.patients, Path(tmp))
                 print(result)
                 results.append(result)
     write_result("round_overhead", {"targets": {"4": 1.10, "20": 1.25}, "results": results})
