@@ -8,6 +8,7 @@ least two patients always has one validation patient (the one with the smallest 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,14 +99,28 @@ def load_site_data(store: SiteStore, image_size: int) -> SiteData:
     )
 
 
-_CACHE: dict[tuple[str, int, str], SiteData] = {}
+# Decrypted site data by (site, image size, store state), least recently used first. A real
+# SuperNode serves one site; a simulation worker serves several virtual sites in turn, and
+# re-decrypting a site on every message cost more than a small site's training.
+_CACHE: OrderedDict[tuple[str, int, str], SiteData] = OrderedDict()
+CACHED_SITES = 8
 
 
 def cached_site_data(site_dir: Path, store: SiteStore, image_size: int) -> SiteData:
-    """`load_site_data`, decrypted once per process for a given store state and size."""
+    """`load_site_data`, decrypted once per process for a given store state and size.
+
+    Keeps the newest state of at most `CACHED_SITES` sites; a site's older state or other
+    image size is dropped when it is replaced.
+    """
     state = hashlib.sha256("".join(sorted(r.image_id for r in store.records())).encode()).hexdigest()
-    key = (str(site_dir.resolve()), image_size, state)
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = load_site_data(store, image_size)
+    site = str(site_dir.resolve())
+    key = (site, image_size, state)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    for stale in [k for k in _CACHE if k[0] == site]:
+        del _CACHE[stale]
+    _CACHE[key] = load_site_data(store, image_size)
+    while len(_CACHE) > CACHED_SITES:
+        _CACHE.popitem(last=False)
     return _CACHE[key]
