@@ -32,10 +32,11 @@ import zipfile
 from pathlib import Path
 from typing import Iterable
 
+from common.app_files import BYTECODE_DIR, checkout_files
+
 DIGEST_VERSION = b"fedrad-app-digest/v1\n"
 CONFIG_FILE = "pyproject.toml"
 FLOWER_METADATA_DIR = ".info"
-BYTECODE_DIR = "__pycache__"
 # Flower installs a FAB into $FLWR_HOME/apps/<publisher>.<name>.<version>.<fab-hash[:8]>.
 INSTALLED_APP_NAME = re.compile(r"[^/]+\.[^/]+\.[^/]+\.[0-9a-f]{8}")
 
@@ -125,39 +126,10 @@ def checkout_digest(root: Path) -> str:
         raise AppDigestError(f"no {CONFIG_FILE} in the app's directory, so it is not a Flower app checkout; "
                              "fix: run from the checkout, or pass --fab FILE or --app-dir DIR")
     try:
-        fab, _ = build_fab_from_files(_checkout_files(root))
+        fab, _ = build_fab_from_files(checkout_files(root))
     except ValueError as exc:  # Flower's build rules (patterns, depth, size)
         raise AppDigestError(f"Flower cannot package the checkout: {exc}") from None
     return fab_digest(fab)
-
-
-def _checkout_files(root: Path) -> dict[str, Path]:
-    """The checkout's files as Flower's build collects them, without walking what it excludes.
-
-    Like ``flwr.cli.utils.collect_files`` (symbolic links skipped, nothing outside the
-    root), but it does not descend into directories whose every file Flower's build
-    drops anyway: ``.venv``, ``.flwr``, ``__pycache__`` and directories the root
-    ``.gitignore`` ignores (unless it re-includes anything with ``!``).
-    """
-    from flwr.cli.utils import build_pathspec, load_gitignore_patterns
-
-    patterns = load_gitignore_patterns(root / ".gitignore")
-    ignored = None if any(p.startswith("!") for p in patterns) else build_pathspec(patterns)
-    resolved_root = root.resolve()
-    files: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel_dir = here.relative_to(root)
-        dirnames[:] = [
-            name for name in dirnames
-            if name != BYTECODE_DIR and not (rel_dir == Path(".") and name in (".venv", ".flwr"))
-            and not (ignored is not None and ignored.match_file((rel_dir / name).as_posix() + "/"))
-        ]
-        for name in filenames:
-            path = here / name
-            if not path.is_symlink() and path.resolve().is_relative_to(resolved_root):
-                files[(rel_dir / name).as_posix()] = path
-    return files
 
 
 def is_installed_app(app_dir: Path) -> bool:

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from client.app_digest import running_app_digest
-from client.private_training import StepPlan, plan_round
 from client.privacy import PrivacyLedger, PrivacySpent, RoundRequest, load_policy, noise_for_target_epsilon
 from client.sitedata import SiteData
+from client.step_plan import StepPlan, plan_round
 from common.config import TrainSettings
 
 

@@ -1,7 +1,8 @@
 """One round's work at a site: train and evaluate on the site's own encrypted store.
 
 Imported by the ClientApp's handlers on first use, so that the SecAgg+ key-exchange
-stages, which need none of this, start a ClientApp process in about a second.
+stages, which need none of this, start a ClientApp process in about a second; Opacus
+(about 3 s to import) is imported by `train` alone, not by `evaluate`.
 """
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from client.keys import SiteKeyError
-from client.private_training import DPConfig, train_private
 from client.privacy import AccountingError, LedgerError, PolicyError
 from client.round_privacy import SiteDeclined, charge_round, check_app_allowed, privacy_record, settle_round
 from client.site import SiteConfigError, resolve_site, site_label
 from client.sitedata import NoSiteData, cached_site_data
 from client.store import StoreError
-from client.training import train as train_locally
 from common import messages as wire
 from common.config import TrainSettings
 from common.evaluation import evaluate as evaluate_model
@@ -63,6 +62,9 @@ def _prepare(msg: Message, context: Context):
 @reports_failures
 def train(msg: Message, context: Context) -> Message:
     """Local epochs on the site's training split, within the site's privacy policy."""
+    from client.private_training import DPConfig, train_private  # Opacus: training only
+    from client.training import train as train_locally
+
     settings, site, data, model = _prepare(msg, context)
     seed = zlib.crc32(f"{settings.seed}:{settings.server_round}:{site.name}".encode())
     non_private_steps = settings.local_epochs * math.ceil(len(data.train_images) / settings.batch_size)

@@ -11,7 +11,6 @@ from typing import Any, Mapping
 
 from client.keys import SiteKeys, load_keys
 from client.store import SiteStore
-from client.virtual_site import ensure_virtual_site
 
 
 class SiteConfigError(ValueError):
@@ -47,6 +46,8 @@ def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) 
         keys = load_keys(site_dir)
         name = str(node_config.get("site-name", f"site-{keys.site_id[:8]}"))
     elif "partition-id" in node_config:
+        from client.virtual_site import ensure_virtual_site  # simulation only: synth and ingest
+
         partition = int(node_config["partition-id"])
         site_dir = ensure_virtual_site(
             Path(str(run_config.get("sim-cache-dir", ".fedrad-cache"))).expanduser(),

@@ -79,6 +79,7 @@ class RunConfig:
     resume_from: str = ""
     runs_dir: str = "runs"
     heldout_eval: bool = True
+    fraction_evaluate: float = 1.0
     round_timeout: float = 3600.0
     wait_for_sites: float = 120.0
     sim_patients: int = 0
@@ -138,6 +139,9 @@ class RunConfig:
         for name in ("learning_rate", "server_learning_rate", "round_timeout", "wait_for_sites"):
             if not getattr(self, name) > 0:
                 problems.append(f"'{name.replace('_', '-')}' must be positive: set a value > 0")
+        if not 0 <= self.fraction_evaluate <= 1:
+            problems.append("'fraction-evaluate' is the share of sites asked to evaluate each round and must be "
+                            "in [0, 1]: e.g. 1.0 (every site), or 0 to skip the sites' evaluation")
         if self.privacy not in PRIVACY_MODES:
             problems.append(f"unknown privacy mode '{self.privacy}': choose 'dp' (DP-SGD at every site) "
                             "or 'none' (non-private, marked as such in every report)")

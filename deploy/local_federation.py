@@ -31,6 +31,7 @@ from client.app_digest import checkout_digest  # noqa: E402
 from client.ingest import ingest  # noqa: E402
 from client.keys import init_keys  # noqa: E402
 from client.node_keys import create_node_key  # noqa: E402
+from common.app_files import stage_app  # noqa: E402
 from common.synth import write_hospital  # noqa: E402
 from server.certs import make_certs  # noqa: E402
 from server.flower_processes import (RunOutcome, free_port, quote, run_status, stop_tree,  # noqa: E402
@@ -75,7 +76,10 @@ class LocalFederation:
     # -- set-up -----------------------------------------------------------------------------
     def env(self, home: Path) -> dict[str, str]:
         path = os.pathsep.join([str(self.bin_dir), os.environ.get("PATH", "")])
-        return dict(os.environ, PATH=path, FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1")
+        # SuperExec asks its SuperNode or SuperLink for work every second by default; every
+        # message to a site waits for that poll before its ClientApp process starts.
+        return dict(os.environ, PATH=path, FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1",
+                    FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2")
 
     @property
     def coordinator_env(self) -> dict[str, str]:
@@ -195,7 +199,8 @@ class LocalFederation:
             on_line=None) -> RunOutcome:
         """`flwr run <app> fedrad-tls --stream`; `on_line(line)` sees the log as it streams."""
         overrides = " ".join(f"{key}={quote(value)}" for key, value in run_config.items())
-        command = [str(self.bin_dir / "flwr"), "run", str(self.app_dir), CONNECTION, "--stream",
+        app = stage_app(self.app_dir, self.work_dir / "coordinator" / "app")  # what `flwr run` packages
+        command = [str(self.bin_dir / "flwr"), "run", str(app), CONNECTION, "--stream",
                    "--run-config", overrides]
         output, run_id = submit_run(command, env=self.coordinator_env, cwd=self.app_dir, timeout=timeout,
                                     capture=capture, on_line=on_line)

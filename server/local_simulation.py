@@ -17,6 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from common.app_files import stage_app
 from server.flower_processes import RunOutcome, free_port, quote, run_status, stop_tree, submit_run, wait_for_port
 
 CONNECTION = "fedrad-local"
@@ -77,7 +78,8 @@ class LocalSimulation:
         overrides = " ".join(f"{key}={quote(value)}" for key, value in run_config.items())
         federation = (f"num-supernodes={sites} client-resources-num-cpus=1 "
                       f"init-args-num-cpus={concurrency}")
-        command = [str(self.bin_dir / "flwr"), "run", str(self.app_dir), CONNECTION, "--stream",
+        app = stage_app(self.app_dir, self.work_dir / "app")  # what `flwr run` packages, without .venv
+        command = [str(self.bin_dir / "flwr"), "run", str(app), CONNECTION, "--stream",
                    "--federation-config", federation]
         if overrides:
             command += ["--run-config", overrides]

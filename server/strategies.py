@@ -23,7 +23,7 @@ from common.config import RunConfig
 def _common(config: RunConfig) -> dict:
     return dict(
         fraction_train=1.0,
-        fraction_evaluate=1.0,
+        fraction_evaluate=config.fraction_evaluate,  # 0: no site evaluates
         # Every connected site takes part; a round waits only for min-sites, so a site that
         # is down does not stall the federation (the run's start waits for all `sites`).
         min_train_nodes=config.min_sites,

@@ -41,8 +41,6 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis.prv import Domain, PoissonSubsampledGaussianPRV, compute_safe_domain_size
 
 History = Sequence[tuple[float, float, int]]
 
@@ -155,6 +153,8 @@ SEARCH_ORDERS = tuple(float(order) for order in range(2, 129))
 
 def rdp_epsilon(history: History, delta: float, orders: Sequence[float] | None = None) -> float:
     """Opacus' RDP bound (default orders unless given) for an already validated history."""
+    from opacus.accountants import RDPAccountant  # Opacus is imported where epsilon is computed
+
     accountant = RDPAccountant()
     accountant.history = list(history)
     with warnings.catch_warnings():  # "optimal order is the smallest/largest alpha": not actionable here
@@ -164,8 +164,33 @@ def rdp_epsilon(history: History, delta: float, orders: Sequence[float] | None =
         return float(accountant.get_epsilon(delta=delta, alphas=list(orders)))
 
 
-def prv_grid(history: History, delta: float) -> int:
-    """Size of the grid PRVAccountant would discretise ``history`` on (Opacus' formulas)."""
+def _prv_accountant(history: History):
+    """Opacus' PRVAccountant for ``history`` that computes its discretisation domain once.
+
+    Sizing the grid (to decide whether PRV is affordable) and computing epsilon both need
+    the safe domain, whose computation is the slow part (~2 s of RDP at fractional orders
+    for a few hundred steps); the subclass keeps Opacus' own domain from the first call.
+    """
+    from opacus.accountants import PRVAccountant
+
+    class _DomainOnce(PRVAccountant):
+        _domain = None
+
+        def _get_domain(self, **kwargs):
+            if self._domain is None:
+                self._domain = super()._get_domain(**kwargs)
+            return self._domain
+
+    accountant = _DomainOnce()
+    accountant.history = list(history)
+    return accountant
+
+
+def _prv_domain_size(accountant, delta: float) -> int:
+    """Size of the grid ``accountant`` would discretise its history on (Opacus' own domain)."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+    history = accountant.history
     delta_error = delta / 1000
     total = sum(s for _, _, s in history)
     mesh = PRV_EPS_ERROR / math.sqrt(total * math.log(12 / delta_error) / 2)
@@ -175,10 +200,14 @@ def prv_grid(history: History, delta: float) -> int:
     prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        half = compute_safe_domain_size(prvs, [s for _, _, s in history], PRV_EPS_ERROR, delta_error)
-    if not math.isfinite(half) or 2 * half / mesh > 1e12:
-        return 10**12
-    return Domain.create_aligned(-half, half, mesh).size
+        domain = accountant._get_domain(prvs=prvs, num_self_compositions=[s for _, _, s in history],
+                                        eps_error=PRV_EPS_ERROR, delta_error=delta_error)
+    return domain.size  # an infinite safe domain raises here: the caller falls back to RDP
+
+
+def prv_grid(history: History, delta: float) -> int:
+    """Size of the grid PRVAccountant would discretise ``history`` on."""
+    return _prv_domain_size(_prv_accountant(history), delta)
 
 
 def _prv_epsilon(history: History, delta: float, rdp: float) -> tuple[float | None, str]:
@@ -188,15 +217,14 @@ def _prv_epsilon(history: History, delta: float, rdp: float) -> tuple[float | No
     if len(history) > PRV_MAX_PAIRS:
         return None, (f"prv skipped: {len(history)} distinct (noise_multiplier, sample_rate) pairs "
                       f"> {PRV_MAX_PAIRS}; the RDP bound is reported")
+    accountant = _prv_accountant(history)
     try:
-        grid = prv_grid(history, delta)
+        grid = _prv_domain_size(accountant, delta)
     except Exception as exc:  # noqa: BLE001 - any failure means: use RDP
         return None, f"prv skipped: sizing its grid failed ({type(exc).__name__}); the RDP bound is reported"
     if grid > PRV_MAX_GRID or grid * len(history) > PRV_MAX_WORK:
         return None, (f"prv skipped: its grid would have {grid} points x {len(history)} pairs "
                       f"(limits {PRV_MAX_GRID} points, {PRV_MAX_WORK} work); the RDP bound is reported")
-    accountant = PRVAccountant()
-    accountant.history = list(history)
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")

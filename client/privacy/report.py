@@ -14,10 +14,9 @@ An unbounded epsilon (non-private training recorded) is ``null`` with
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from pathlib import Path
 from typing import Mapping
-
-import opacus
 
 from client.privacy.accounting import PRV_EPS_ERROR, epsilon
 from client.privacy.ledger import PrivacyLedger
@@ -67,7 +66,7 @@ def ledger_report(
         "version": 1,
         "ledger": str(ledger.path),
         "generation": ledger.generation(),
-        "accounting": {"opacus": opacus.__version__, "rdp": "RDPAccountant, default orders",
+        "accounting": {"opacus": version("opacus"), "rdp": "RDPAccountant, default orders",
                        "prv": f"PRVAccountant, eps_error {PRV_EPS_ERROR}, delta_error delta/1000",
                        "reported": "the smaller of the two bounds"},
         "datasets": datasets,

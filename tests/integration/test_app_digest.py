@@ -11,6 +11,7 @@ import pytest
 from flwr.cli.install import install_from_fab
 
 from client.app_digest import app_digest, checkout_digest, fab_digest, installed_app_digest, running_app_root
+from common.app_files import stage_app
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -80,6 +81,10 @@ def test_site_command_in_the_checkout_equals_the_fab_flwr_build_makes(tmp_path):
     for attempt in range(3):  # a checkout being edited meanwhile is measured again
         before = printed()
         fab = _flwr_build(REPO, tmp_path / f"dist-{attempt}")  # the repository as it is, .venv and all
+        staged = _flwr_build(stage_app(REPO, tmp_path / f"staged-{attempt}"), tmp_path / f"staged-dist-{attempt}")
         if printed() == before:
             break
     assert before == fab_digest(fab)
+    # What LocalSimulation and LocalFederation hand to `flwr run`: the very same FAB.
+    assert staged.name == fab.name and staged.read_bytes() == fab.read_bytes()
+    assert not (tmp_path / f"staged-{attempt}" / ".venv").exists()

@@ -1,4 +1,6 @@
 """A site's privacy per round, on a real (virtual) site: its store, policy and ledger."""
+import shutil
+
 import pytest
 
 from client.keys import load_keys
@@ -12,9 +14,17 @@ from common.config import TrainSettings
 ANY_APP = "[apps]\nallow-any-app = true\n"  # a virtual site's policy runs any app (see test_app_policy.py)
 
 
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory):
+    """One virtual site (synthesised and ingested once, ~3 s); each test gets its own copy."""
+    cache = tmp_path_factory.mktemp("template")
+    ensure_virtual_site(cache, partition_id=0, seed=4, patients=30)
+    return cache
+
+
 @pytest.fixture()
-def site(tmp_path):
-    ensure_virtual_site(tmp_path / "cache", partition_id=0, seed=4, patients=30)
+def site(tmp_path, built_site):
+    shutil.copytree(built_site, tmp_path / "cache")
     return resolve_site({"partition-id": 0}, {"sim-cache-dir": str(tmp_path / "cache"), "seed": 4, "sim-patients": 30})
 
 

@@ -13,10 +13,9 @@ from client.private_training import (
     GRAD_SAMPLE_MODES,
     DPConfig,
     PatientImages,
-    StepPlan,
-    plan_round,
     train_private,
 )
+from client.step_plan import StepPlan, plan_round
 from common.config import TrainSettings
 from common.model import build_model
 

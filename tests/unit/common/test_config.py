@@ -16,6 +16,7 @@ def test_defaults_validate_and_dash_names_round_trip():
     ({"image-size": 8}, "'image-size' is 8"),
     ({"rounds": "five"}, "'rounds' must be of type int"),
     ({"round": 3}, "unknown setting 'round'"),
+    ({"fraction-evaluate": 1.5}, "'fraction-evaluate' is the share of sites"),
 ])
 def test_bad_settings_name_the_setting_and_fix(raw, fragment):
     with pytest.raises(ConfigError) as error:
