@@ -5,7 +5,7 @@ Each setting runs on freshly built virtual sites (so each ledger starts empty an
 reported epsilon is that run's). Writes a table and an SVG plot.
 
     .venv/bin/python benchmarks/privacy_utility.py [--rounds 10] [--local-epochs 2] [--epsilons 1 2 4 8] \
-        [--patients 0] [--batch-size 32]
+        [--patients 0] [--batch-size 32] [--learning-rate 0.002] [--dp-learning-rate 0]
 
 `--patients N` gives every site N patients (0: each synthetic hospital's own 60-120);
 `--batch-size` is the expected patients per DP-SGD step (and the non-private batch).
@@ -25,7 +25,8 @@ def run(epsilon: float | None, args, work: Path) -> dict:
     config = {"sites": 4, "rounds": args.rounds, "local-epochs": args.local_epochs, "seed": args.seed,
               "run-name": name, "runs-dir": work / "runs", "sim-cache-dir": work / f"cache-{name}",
               "privacy": "none" if epsilon is None else "dp", "target-epsilon": epsilon or 8.0,
-              "sim-patients": args.patients, "batch-size": args.batch_size}
+              "sim-patients": args.patients, "batch-size": args.batch_size,
+              "learning-rate": args.learning_rate if epsilon is None else args.dp_learning_rate or args.learning_rate}
     with LocalSimulation(REPO, work_dir=work / f"sim-{name}") as simulation:
         outcome = simulation.run(sites=4, run_config=config, capture=True)
     if outcome.returncode != 0:
@@ -74,6 +75,10 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--patients", type=int, default=0, help="patients per site (0: each hospital's own)")
     parser.add_argument("--batch-size", type=int, default=32, help="expected patients per step")
+    parser.add_argument("--learning-rate", type=float, default=0.002, help="the sites' Adam learning rate")
+    parser.add_argument("--dp-learning-rate", type=float, default=0.0,
+                        help="learning rate of the DP runs (0: --learning-rate); DP's noisy gradients "
+                             "often want a larger step")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(None, args, Path(tmp))] + [run(e, args, Path(tmp)) for e in args.epsilons]
@@ -87,6 +92,8 @@ def main() -> None:
     (RESULTS / "privacy_utility.svg").write_text(svg_plot(rows, baseline))
     write_result("privacy_utility", {"rounds": args.rounds, "local_epochs": args.local_epochs, "rows": rows,
                                      "patients_per_site": args.patients or "own", "batch_size": args.batch_size,
+                                     "learning_rate": args.learning_rate,
+                                     "dp_learning_rate": args.dp_learning_rate or args.learning_rate,
                                      "target": "AUC(eps 8) >= 0.95 x AUC(no DP)"})
 
 

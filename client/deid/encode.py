@@ -24,6 +24,11 @@ _UNDEFINED = 0xFFFFFFFF
 _IMPLICIT = struct.Struct("<HHI")
 _EXPLICIT_16 = struct.Struct("<HH2sH")
 _EXPLICIT_32 = struct.Struct("<HH2sHI")
+_GROUP_LENGTH = 0x00020000
+_MEDIA_STORAGE = {"MediaStorageSOPClassUID": 0x00020002, "MediaStorageSOPInstanceUID": 0x00020003}
+# Version, SOP class and instance, transfer syntax, implementation class and version name.
+_FAST_META_VRS = {0x00020001: "OB", 0x00020002: "UI", 0x00020003: "UI", 0x00020010: "UI", 0x00020012: "UI",
+                  0x00020013: "SH"}
 
 
 def encode(ds: pydicom.Dataset) -> bytes:
@@ -33,22 +38,63 @@ def encode(ds: pydicom.Dataset) -> bytes:
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         return buffer.getvalue()
-    meta = copy.deepcopy(ds.file_meta)
+    changes = {}
     for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
                                   ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
         value = ds.get(keyword)  # what save_as does: the meta follows the dataset
-        if meta.get(meta_keyword) is None or (value and value != meta.get(meta_keyword)):
-            setattr(meta, meta_keyword, value)
+        if ds.file_meta.get(meta_keyword) is None or (value and value != ds.file_meta.get(meta_keyword)):
+            changes[meta_keyword] = value
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = False, True
     fp.write(getattr(ds, "preamble", None) or b"\x00" * 128)
     fp.write(b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
+    packed = _file_meta_bytes(ds.file_meta, changes)
+    if packed is not None:
+        fp.write(packed)
+    else:
+        meta = copy.deepcopy(ds.file_meta)
+        for meta_keyword, value in changes.items():
+            setattr(meta, meta_keyword, value)
+        write_file_meta_info(fp, meta, enforce_standard=True)
     fp.is_implicit_VR = syntax.is_implicit_VR
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     _body(fp, ds)
     return fp.getvalue()
+
+
+def _file_meta_bytes(meta: FileMetaDataset, changes: dict) -> bytes | None:
+    """The File Meta group as ``write_file_meta_info(enforce_standard=True)`` writes it, for
+    the six elements the de-identifier writes (``marking.file_meta``), each non-empty and
+    ASCII; None for any other meta, which pydicom then writes."""
+    values = {}
+    for tag in meta.keys():
+        if int(tag) != _GROUP_LENGTH:
+            values[int(tag)] = meta[tag].VR, meta[tag].value
+    for keyword, value in changes.items():
+        values[_MEDIA_STORAGE[keyword]] = "UI", value
+    if set(values) != set(_FAST_META_VRS):
+        return None
+    parts = []
+    for tag in sorted(values):
+        vr, value = values[tag]
+        if vr != _FAST_META_VRS[tag] or not value:
+            return None
+        if vr == "OB":
+            if not isinstance(value, bytes):
+                return None
+            data = value + b"\x00" * (len(value) % 2)
+            parts.append(_EXPLICIT_32.pack(0x0002, tag & 0xFFFF, b"OB", 0, len(data)) + data)
+            continue
+        if not isinstance(value, str) or not value.isascii() or "\\" in value:
+            return None
+        data = value.encode("ascii")
+        data += (b"\x00" if vr == "UI" else b" ") * (len(data) % 2)
+        if len(data) > 0xFFFF:
+            return None
+        parts.append(_EXPLICIT_16.pack(0x0002, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data)
+    body = b"".join(parts)
+    return _EXPLICIT_16.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(body)) + body
 
 
 def _fast(ds: pydicom.Dataset, syntax) -> bool:

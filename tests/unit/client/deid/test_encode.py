@@ -49,3 +49,21 @@ def test_kept_elements_are_written_from_their_own_bytes(deid, implicit):
     data = encode(result.dataset)
     assert data == _pydicom_bytes(result.dataset)
     assert pydicom.dcmread(io.BytesIO(data)).BodyPartExamined == ds.BodyPartExamined
+
+
+@pytest.mark.parametrize("change", ["none", "extra element", "odd version", "instance follows dataset",
+                                    "no version name"])
+def test_file_meta_is_packed_as_pydicom_writes_it_or_left_to_pydicom(deid, change):
+    read = pydicom.dcmread(io.BytesIO(_pydicom_bytes(synthetic_dx())))
+    ds = deid(read, in_place=True).dataset
+    if change == "extra element":  # not one of the six the de-identifier writes: pydicom writes it
+        ds.file_meta.SourceApplicationEntityTitle = "AUDIT"
+    elif change == "odd version":
+        ds.file_meta.FileMetaInformationVersion = b"\x00\x01\x02"
+    elif change == "instance follows dataset":
+        ds.SOPInstanceUID = "2.25.1234567"
+    elif change == "no version name":  # pydicom adds its own name
+        del ds.file_meta.ImplementationVersionName
+    data = encode(ds)
+    assert data == _pydicom_bytes(ds)
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
