@@ -1,0 +1,107 @@
+"""DP utility by model width, in process: FedAvg over four virtual sites with the sites' own
+training functions (`client.training.train`, `client.private_training.train_private`), no
+Flower, so that settings can be compared in minutes rather than a `flwr run` each.
+
+Each setting trains from the same initial model for `--rounds` rounds of `--local-epochs`
+at every site, averages weighted by examples, and scores the held-out hospital. The DP
+runs use patient-level DP-SGD with the noise for `--epsilon` per run (delta 1/(10 x
+training patients), as a site derives it) and the clipping norm 1.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/dp_model_width.py [--widths 16 8] \
+        [--patients 300] [--batch-size 64] [--rounds 10] [--dp-learning-rate 0.002]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from _common import write_result
+
+from client.private_training import DPConfig, train_private
+from client.privacy import noise_for_target_epsilon
+from client.site import resolve_site
+from client.sitedata import load_site_data
+from client.step_plan import plan_round
+from client.training import train as train_plain
+from client.virtual_site import ensure_virtual_site
+from common.config import TrainSettings
+from common.evaluation import evaluate
+from common.model import build_model
+from server.heldout import HeldOutSite
+
+SIZE = 64
+
+
+def federated_auc(sites, held, args, *, width: int, private: bool) -> float:
+    start = build_model(SIZE, width=width, seed=args.seed).state_dict()
+    global_state = start
+    for server_round in range(1, args.rounds + 1):
+        states, weights = [], []
+        for index, data in enumerate(sites):
+            model = build_model(SIZE, width=width, seed=args.seed)
+            model.load_state_dict(global_state)
+            lr = args.dp_learning_rate if private else args.learning_rate
+            settings = TrainSettings(image_size=SIZE, local_epochs=args.local_epochs, batch_size=args.batch_size,
+                                     learning_rate=lr, seed=args.seed, server_round=server_round, rounds=args.rounds)
+            seed = 1000 * server_round + index
+            if private:
+                plan = plan_round(data.patients, settings)
+                sigma = noise_for_target_epsilon(args.epsilon, 1 / (10 * data.patients), plan.sample_rate,
+                                                 plan.steps * args.rounds)
+                result, _ = train_private(model, data.train_images, data.train_labels, data.train_patients,
+                                          settings, DPConfig(noise_multiplier=sigma), seed=seed, secret=b"benchmark")
+            else:
+                result = train_plain(model, data.train_images, data.train_labels, settings, seed=seed)
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            weights.append(result.examples)
+        total = sum(weights)
+        global_state = {k: sum(w * s[k] for w, s in zip(weights, states)) / total for k in global_state}
+    model = build_model(SIZE, width=width, seed=args.seed)
+    model.load_state_dict(global_state)
+    return evaluate(model, held.images, held.labels).auc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 8])
+    parser.add_argument("--patients", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=0.002)
+    parser.add_argument("--dp-learning-rate", type=float, default=0.002)
+    parser.add_argument("--epsilon", type=float, default=8.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp)
+        sites = []
+        for partition in range(4):
+            ensure_virtual_site(cache, partition_id=partition, seed=args.seed, patients=args.patients)
+            site = resolve_site({"partition-id": partition},
+                                {"sim-cache-dir": str(cache), "seed": args.seed, "sim-patients": args.patients})
+            sites.append(load_site_data(site.store, SIZE))
+        held = HeldOutSite(cache, seed=args.seed, patients=args.patients, image_size=SIZE)
+        for width in args.widths:
+            started = time.perf_counter()
+            plain = federated_auc(sites, held, args, width=width, private=False)
+            private = federated_auc(sites, held, args, width=width, private=True)
+            params = sum(p.numel() for p in build_model(SIZE, width=width).parameters())
+            rows.append({"width": width, "parameters": params, "no_dp_auc": round(plain, 4),
+                         "dp_auc": round(private, 4), "ratio": round(private / plain, 4)})
+            print(f"width {width} ({params} parameters): no DP {plain:.3f}, DP eps {args.epsilon:g} {private:.3f}, "
+                  f"ratio {private / plain:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    write_result("dp_model_width", {"settings": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
