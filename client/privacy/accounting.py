@@ -205,11 +205,6 @@ def _prv_domain_size(accountant, delta: float) -> int:
     return domain.size  # an infinite safe domain raises here: the caller falls back to RDP
 
 
-def prv_grid(history: History, delta: float) -> int:
-    """Size of the grid PRVAccountant would discretise ``history`` on."""
-    return _prv_domain_size(_prv_accountant(history), delta)
-
-
 def _prv_epsilon(history: History, delta: float, rdp: float) -> tuple[float | None, str]:
     """PRV's upper bound, or (None, why it was not used)."""
     if not math.isfinite(rdp):
