@@ -2,7 +2,9 @@
 
 pydicom spends tens of function calls on every element it writes. Elements the walk kept
 as read (raw, see ``walk.py``) are written here with one packed header and their own
-value bytes; every other element goes through pydicom's element writer. A dataset whose
+value bytes, and so are decoded elements whose bytes are plain: empty values, ASCII
+strings, integers. Sequences, person names, number strings and everything else go
+through pydicom's element writer. A dataset whose
 encoding changes on writing (transfer syntax vs. how it was read, a changed character
 set, deflate, big endian, a private syntax) is written by pydicom itself.
 """
@@ -13,7 +15,8 @@ import io
 import struct
 
 import pydicom
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.multival import MultiValue
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
@@ -27,6 +30,12 @@ _EXPLICIT_32 = struct.Struct("<HH2sHI")
 _GROUP_LENGTH = 0x00020000
 _MEDIA_STORAGE = {"MediaStorageSOPClassUID": 0x00020002, "MediaStorageSOPInstanceUID": 0x00020003}
 # Version, SOP class and instance, transfer syntax, implementation class and version name.
+# write_string / write_DA... in pydicom: the default repertoire, space padding.
+_PLAIN_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR"})
+# write_text: the dataset's character set; every DICOM character set encodes ASCII as ASCII
+# (ISO 2022 escapes aside, which ASCII without ESC never needs).
+_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
+_INTEGER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
 _FAST_META_VRS = {0x00020001: "OB", 0x00020002: "UI", 0x00020003: "UI", 0x00020010: "UI", 0x00020012: "UI",
                   0x00020013: "SH"}
 
@@ -115,25 +124,57 @@ def _body(fp: DicomBytesIO, ds: pydicom.Dataset) -> None:
         if tag.element == 0 and tag.group > 6:
             continue  # retired group lengths are not written
         elem = ds.get_item(tag)
-        header = _raw_header(elem, implicit) if isinstance(elem, RawDataElement) else None
+        if isinstance(elem, RawDataElement):
+            value = elem.value if elem.length != _UNDEFINED else None
+        else:
+            value = _plain_value(elem)
+        header = None if value is None else _header(elem.tag, elem.VR, len(value), implicit)
         if header is None:
             write_data_element(fp, elem, charset)
         else:
             fp.write(header)
-            fp.write(elem.value)
+            fp.write(value)
 
 
-def _raw_header(raw: RawDataElement, implicit: bool) -> bytes | None:
-    """Tag, VR and length of a raw element with a defined length; None for pydicom to write."""
-    value = raw.value
-    if value is None or raw.length == _UNDEFINED:
+def _plain_value(elem: DataElement) -> bytes | None:
+    """A decoded element's value bytes (padded) as pydicom writes them in little endian,
+    for the plain cases; None for pydicom to write."""
+    vr, value = elem.VR, elem.value
+    if vr == "SQ" or elem.is_undefined_length or getattr(elem, "is_buffered", False):
         return None
-    group, element = raw.tag >> 16, raw.tag & 0xFFFF
+    if vr in _INTEGER_FORMATS:
+        if value is None or value == "":
+            return b""
+        values = [value] if isinstance(value, int) else value
+        if not isinstance(values, (list, MultiValue)) or not all(type(v) is int for v in values):
+            return None
+        try:
+            return struct.pack(f"<{len(values)}{_INTEGER_FORMATS[vr]}", *values)
+        except struct.error:
+            return None
+    if vr not in _PLAIN_STRING_VRS and vr not in _TEXT_VRS and vr != "UI":
+        return None
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (list, MultiValue)) and all(isinstance(v, str) for v in value):
+        text = "\\".join(value)
+    else:
+        return None
+    if not text.isascii() or "\x1b" in text:
+        return None
+    data = text.encode("ascii")
+    return data + (b"\x00" if vr == "UI" else b" ") if len(data) % 2 else data
+
+
+def _header(tag: int, vr: str | None, length: int, implicit: bool) -> bytes | None:
+    """Tag, VR and length of an element with a defined length; None for pydicom to write."""
+    group, element = tag >> 16, tag & 0xFFFF
     if implicit:
-        return _IMPLICIT.pack(group, element, len(value))
-    vr = raw.VR
+        return _IMPLICIT.pack(group, element, length)
     if vr in EXPLICIT_VR_LENGTH_32:
-        return _EXPLICIT_32.pack(group, element, vr.encode("ascii"), 0, len(value))
-    if vr is None or len(vr) != 2 or len(value) > 0xFFFF:
+        return _EXPLICIT_32.pack(group, element, vr.encode("ascii"), 0, length)
+    if vr is None or len(vr) != 2 or length > 0xFFFF:
         return None
-    return _EXPLICIT_16.pack(group, element, vr.encode("ascii"), len(value))
+    return _EXPLICIT_16.pack(group, element, vr.encode("ascii"), length)

@@ -90,7 +90,7 @@ class Walk:
         elif op in (Op.DUMMY, Op.REMAP) and vr != "UI":
             ds[tag] = DataElement(tag, vr, dummy_value(vr))
         elif op is Op.KEEP and keeps_encoding(ds, raw, vr):
-            if not decodes(ds, raw):  # a value pydicom cannot decode cannot be checked: drop it
+            if not decodes(ds, raw, vr):  # a value pydicom cannot decode cannot be checked: drop it
                 del ds[tag]
         else:
             return False

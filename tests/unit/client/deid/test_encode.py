@@ -7,6 +7,9 @@ import warnings
 import pydicom
 import pytest
 
+from pydicom.filewriter import write_data_element
+
+import client.deid.encode as encode_module
 from client.deid.encode import encode
 
 from .helpers import synthetic_dx
@@ -67,3 +70,48 @@ def test_file_meta_is_packed_as_pydicom_writes_it_or_left_to_pydicom(deid, chang
     data = encode(ds)
     assert data == _pydicom_bytes(ds)
     assert pydicom.dcmread(io.BytesIO(data)).file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("charset", [None, "ISO_IR 192", "\\ISO 2022 IR 87"])
+def test_decoded_elements_are_packed_as_pydicom_writes_them_or_left_to_pydicom(deid, implicit, charset, monkeypatch):
+    read = pydicom.dcmread(io.BytesIO(_pydicom_bytes(synthetic_dx())))
+    ds = deid(read, in_place=True).dataset
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else \
+        pydicom.uid.ExplicitVRLittleEndian
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.set_original_encoding(implicit, True, ds._character_set)  # as if read so: encode's own path
+    ds.StudyDescription = "CHEST PA"  # even
+    ds.SeriesDescription = "PA"
+    ds.ProtocolName = "odd"  # padded with a space
+    ds.ImageType = ["DERIVED", "PRIMARY", "X"]  # multi-valued
+    ds.ReferringPhysicianName = ""  # person name: pydicom's writer
+    ds.PatientComments = "Größe"  # non-ASCII text: pydicom's writer
+    ds.StationName = "A\x1bB"  # an escape: pydicom's writer
+    ds.FrameOfReferenceUID = "2.25.123"  # odd UID, padded with NUL
+    ds.AcquisitionDate = ""  # empty
+    ds.Rows, ds.Columns = 64, 65
+    ds.add_new(0x00181622, "US", [1, 2, 3])  # several integers
+    ds.add_new(0x00280106, "SS", -5)
+    ds.add_new(0x00181150, "IS", 7)  # number string: pydicom's writer
+    ds.add_new(0x00189004, "CS", None)
+    ds.Manufacturer = "x" * 70_000  # explicit VR: too long for a 16-bit length, pydicom's writer (as UN)
+    by_pydicom = []
+
+    def spy(fp, elem, encodings=None):
+        by_pydicom.append(elem.tag)
+        return write_data_element(fp, elem, encodings)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = _pydicom_bytes(ds)
+        monkeypatch.setattr(encode_module, "write_data_element", spy)
+        assert encode(ds) == expected
+    assert pydicom.dcmread(io.BytesIO(expected)).Columns == 65
+    packed = {"StudyDescription", "ProtocolName", "ImageType", "FrameOfReferenceUID", "AcquisitionDate", "Columns",
+              0x00181622, 0x00280106, 0x00189004}
+    assert not {pydicom.tag.Tag(k) for k in packed} & set(by_pydicom)
+    assert {pydicom.tag.Tag(k) for k in ("ReferringPhysicianName", "PatientComments", "StationName",
+                                           0x00181150)} <= set(by_pydicom)
+    assert (pydicom.tag.Tag("Manufacturer") in by_pydicom) is not implicit

@@ -1,0 +1,62 @@
+"""The decode check of kept raw elements: skipped only where pydicom cannot fail."""
+from __future__ import annotations
+
+import logging
+import random
+import warnings
+
+import pydicom
+import pytest
+from pydicom import config
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.datadict import dictionary_VR
+
+from client.deid.raw import TEXT_VRS, decodes
+
+# One standard tag per text VR (pydicom decodes by the VR held in the raw element).
+_TAGS = {"AE": 0x00080054, "AS": 0x00101010, "CS": 0x00080060, "DA": 0x00080020, "DT": 0x0008002A,
+         "TM": 0x00080030, "UR": 0x00080120, "LO": 0x00080070, "LT": 0x00204000, "SH": 0x00080050,
+         "ST": 0x00080081, "UC": 0x00080119, "UT": 0x0008030E, "UI": 0x00080018, "PN": 0x00100010}
+
+
+def _raw(tag: int, vr: str, value: bytes) -> RawDataElement:
+    return RawDataElement(pydicom.tag.Tag(tag), vr, len(value), value, 0, False, True)
+
+
+def test_every_text_vr_has_a_tag_of_that_vr():
+    assert set(_TAGS) == TEXT_VRS
+    assert all(dictionary_VR(tag) == vr for vr, tag in _TAGS.items())
+
+
+@pytest.mark.parametrize("charset", [["iso8859"], ["utf8"], ["iso8859", "iso2022_jp"], ["gb18030"]])
+def test_pydicom_decodes_any_bytes_of_a_text_vr(charset):
+    rng = random.Random(7)
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for vr, tag in _TAGS.items():
+                for trial in range(200):
+                    size = rng.choice([1, 2, 3, 8, 17, 64])
+                    value = (bytes(rng.randrange(256) for _ in range(size)) if trial % 2 else
+                             bytes(rng.choice(b"0123456789.-+^=\\ ABCxyz\x1b$B(") for _ in range(size)))
+                    convert_raw_data_element(_raw(tag, vr, value), encoding=charset, ds=pydicom.Dataset())
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_binary_values_of_a_wrong_length_do_not_decode():
+    ds = pydicom.Dataset()
+    assert not decodes(ds, _raw(0x00280010, "US", b"\x01\x02\x03"), "US")
+    assert decodes(ds, _raw(0x00280010, "US", b"\x01\x02"), "US")
+
+
+def test_text_is_checked_when_pydicom_raises_on_invalid_values(monkeypatch):
+    monkeypatch.setattr(config.settings, "reading_validation_mode", config.RAISE)
+    ds = pydicom.Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.set_original_encoding(False, True, ds._character_set)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not decodes(ds, _raw(0x00080070, "LO", b"\xff\xfe"), "LO")
+        assert decodes(ds, _raw(0x00080070, "LO", b"ACME"), "LO")
