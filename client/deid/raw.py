@@ -2,8 +2,9 @@
 
 pydicom decodes an element's value on first access, which costs more than most of what
 de-identification then does with it. An element that is removed, zeroed or given a dummy
-needs only its VR; one that is kept is decoded once as a check, then left raw, so it is
-written from its own bytes (``encode.py``).
+needs only its VR; one that is kept is left raw, so it is written from its own bytes
+(``encode.py``), after a decode as a check where decoding can fail (binary and number
+values; text always decodes).
 """
 from __future__ import annotations
 
