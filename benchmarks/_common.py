@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import threading
 import time
 from importlib.metadata import version
@@ -11,6 +12,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+SITES_CACHE = REPO / ".fedrad-cache" / "bench-sites"
+
+
+def built_sites(seed: int, patients: int, sites: int = 4) -> Path:
+    """A `sim-cache-dir` with `sites` virtual sites and the held-out hospital for (seed,
+    patients), built once (minutes for large sites) and reused by every benchmark."""
+    from client.virtual_site import ensure_virtual_site
+    from server.heldout import ensure_heldout_export
+
+    cache = SITES_CACHE / f"seed{seed}-patients{patients}"
+    for partition in range(sites):
+        ensure_virtual_site(cache, partition_id=partition, seed=seed, patients=patients)
+    ensure_heldout_export(cache, seed, patients)
+    return cache
+
+
+def fresh_copy(cache: Path, dest: Path) -> Path:
+    """`cache` as of now, hard-linked into `dest`: no data copied, and what a run writes
+    stays its own (sites write new files or replace files atomically, never in place), so
+    each run starts with the sites' ledgers as they were built (empty)."""
+    shutil.copytree(cache, dest, copy_function=os.link)
+    return dest
 
 
 def machine() -> dict:

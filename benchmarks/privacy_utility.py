@@ -1,8 +1,9 @@
 """Privacy-utility curve: federated held-out AUC for a per-run epsilon in {1, 2, 4, 8}
 and without DP, same rounds, sites and seed. Target: AUC(epsilon 8) >= 0.95 x AUC(no DP).
 
-Each setting runs on freshly built virtual sites (so each ledger starts empty and the
-reported epsilon is that run's). Writes a table and an SVG plot.
+The virtual sites are built once per (seed, patients) under `.fedrad-cache/bench-sites/`
+and each setting runs on its own hard-linked copy of them, so each ledger starts empty and
+the reported epsilon is that run's. Writes a table and an SVG plot.
 
     .venv/bin/python benchmarks/privacy_utility.py [--rounds 10] [--local-epochs 2] [--epsilons 1 2 4 8] \
         [--patients 0] [--batch-size 32] [--learning-rate 0.002] [--dp-learning-rate 0]
@@ -16,14 +17,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import REPO, RESULTS, history, write_result
+from _common import REPO, RESULTS, built_sites, fresh_copy, history, write_result
 from server.local_simulation import LocalSimulation
 
 
 def run(epsilon: float | None, args, work: Path) -> dict:
     name = "none" if epsilon is None else f"eps{epsilon:g}"
     config = {"sites": 4, "rounds": args.rounds, "local-epochs": args.local_epochs, "seed": args.seed,
-              "run-name": name, "runs-dir": work / "runs", "sim-cache-dir": work / f"cache-{name}",
+              "run-name": name, "runs-dir": work / "runs",
+              "sim-cache-dir": fresh_copy(built_sites(args.seed, args.patients), work / f"cache-{name}"),
               "privacy": "none" if epsilon is None else "dp", "target-epsilon": epsilon or 8.0,
               "sim-patients": args.patients, "batch-size": args.batch_size,
               "learning-rate": args.learning_rate if epsilon is None else args.dp_learning_rate or args.learning_rate}

@@ -22,7 +22,8 @@ from common.synth import HELD_OUT_SITE_INDEX, write_hospital
 FORMAT = "v3"  # bump with the synthetic generator's output, so caches are rebuilt
 
 
-def _ensure_export(cache_dir: Path, seed: int, patients: int) -> Path:
+def ensure_heldout_export(cache_dir: Path, seed: int, patients: int) -> Path:
+    """The held-out hospital's DICOM export and labels under `cache_dir`, built on first use."""
     export = cache_dir / f"heldout-{FORMAT}-seed{seed}-p{patients}"
     if (export / "labels.csv").exists():
         return export
@@ -40,7 +41,7 @@ class HeldOutSite:
     """The held-out hospital's images as tensors, ready to evaluate global models."""
 
     def __init__(self, cache_dir: Path, *, seed: int, patients: int, image_size: int) -> None:
-        export = _ensure_export(cache_dir, seed, patients)
+        export = ensure_heldout_export(cache_dir, seed, patients)
         with open(export / "labels.csv", newline="", encoding="utf-8") as handle:
             labels = {row["SOPInstanceUID"]: int(row["finding"]) for row in csv.DictReader(handle)}
         pipeline = PixelPipeline(size=image_size)
