@@ -118,7 +118,7 @@ def _fast(ds: pydicom.Dataset, syntax) -> bool:
 
 def _body(fp: DicomBytesIO, ds: pydicom.Dataset) -> None:
     """pydicom's ``write_dataset`` for an unchanged encoding, with raw elements packed here."""
-    charset = ds.get("SpecificCharacterSet", "iso8859")
+    charset = ds.get("SpecificCharacterSet", "ISO_IR 6")  # the default repertoire (pydicom: "iso8859", slower to convert)
     implicit = fp.is_implicit_VR
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:

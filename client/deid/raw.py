@@ -3,8 +3,7 @@
 pydicom decodes an element's value on first access, which costs more than most of what
 de-identification then does with it. An element that is removed, zeroed or given a dummy
 needs only its VR; one that is kept is left raw, so it is written from its own bytes
-(``encode.py``), after a decode as a check where decoding can fail (binary and number
-values; text always decodes).
+(``encode.py``), after a check that pydicom can decode it (``decodes``).
 """
 from __future__ import annotations
 
@@ -40,17 +39,23 @@ def keeps_encoding(ds: pydicom.Dataset, raw: RawDataElement, vr: str) -> bool:
     return raw.VR == vr if raw.VR is not None else ds.original_encoding == (True, True)
 
 
-# Text VRs pydicom decodes whatever their bytes (replacing what the character set cannot
-# decode, with a warning) unless its validation mode is RAISE; tests/unit/client/deid/test_raw.py
-# holds pydicom to that.
-TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR", "LO", "LT", "SH", "ST", "UC", "UT", "UI", "PN"})
+# Text VRs (number strings included) pydicom decodes whatever their bytes (replacing what
+# the character set cannot decode, keeping an invalid number as text, with a warning)
+# unless its validation mode is RAISE; binary numbers decode unless their length is not a
+# multiple of the number's size. tests/unit/client/deid/test_raw.py holds pydicom to both.
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR", "LO", "LT", "SH", "ST", "UC", "UT", "UI", "PN",
+                      "DS", "IS"})
+NUMBER_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}
 
 
 def decodes(ds: pydicom.Dataset, raw: RawDataElement, vr: str) -> bool:
     """Whether pydicom can decode ``raw`` of VR ``vr`` (as ``ds[tag]`` would, without
     storing the result)."""
-    if vr in TEXT_VRS and config.settings.reading_validation_mode != config.RAISE:
-        return True
+    if config.settings.reading_validation_mode != config.RAISE:
+        if vr in TEXT_VRS:
+            return True
+        if vr in NUMBER_SIZES and raw.value is not None:
+            return len(raw.value) % NUMBER_SIZES[vr] == 0
     if raw.tag == _CHARACTER_SET:
         charset = default_encoding
     else:

@@ -11,21 +11,24 @@ from pydicom import config
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.datadict import dictionary_VR
 
-from client.deid.raw import TEXT_VRS, decodes
+from client.deid.raw import NUMBER_SIZES, TEXT_VRS, decodes
 
 # One standard tag per text VR (pydicom decodes by the VR held in the raw element).
 _TAGS = {"AE": 0x00080054, "AS": 0x00101010, "CS": 0x00080060, "DA": 0x00080020, "DT": 0x0008002A,
          "TM": 0x00080030, "UR": 0x00080120, "LO": 0x00080070, "LT": 0x00204000, "SH": 0x00080050,
-         "ST": 0x00080081, "UC": 0x00080119, "UT": 0x0008030E, "UI": 0x00080018, "PN": 0x00100010}
+         "ST": 0x00080081, "UC": 0x00080119, "UT": 0x0008030E, "UI": 0x00080018, "PN": 0x00100010,
+         "DS": 0x00101020, "IS": 0x00081160}
+_NUMBER_TAGS = {"US": 0x00280010, "SS": 0x00189219, "UL": 0x00081161, "SL": 0x00186020, "FL": 0x00089459,
+                "FD": 0x00081163, "SV": 0x00720082, "UV": 0x0008040C}
 
 
 def _raw(tag: int, vr: str, value: bytes) -> RawDataElement:
     return RawDataElement(pydicom.tag.Tag(tag), vr, len(value), value, 0, False, True)
 
 
-def test_every_text_vr_has_a_tag_of_that_vr():
-    assert set(_TAGS) == TEXT_VRS
-    assert all(dictionary_VR(tag) == vr for vr, tag in _TAGS.items())
+def test_every_checked_vr_has_a_tag_of_that_vr():
+    assert set(_TAGS) == TEXT_VRS and set(_NUMBER_TAGS) == set(NUMBER_SIZES)
+    assert all(dictionary_VR(tag) == vr for vr, tag in {**_TAGS, **_NUMBER_TAGS}.items())
 
 
 @pytest.mark.parametrize("charset", [["iso8859"], ["utf8"], ["iso8859", "iso2022_jp"], ["gb18030"]])
@@ -45,10 +48,17 @@ def test_pydicom_decodes_any_bytes_of_a_text_vr(charset):
         logging.disable(logging.NOTSET)
 
 
-def test_binary_values_of_a_wrong_length_do_not_decode():
+@pytest.mark.parametrize("vr", sorted(NUMBER_SIZES))
+def test_binary_numbers_decode_exactly_when_their_length_fits(vr):
     ds = pydicom.Dataset()
-    assert not decodes(ds, _raw(0x00280010, "US", b"\x01\x02\x03"), "US")
-    assert decodes(ds, _raw(0x00280010, "US", b"\x01\x02"), "US")
+    for size in range(0, 25):
+        raw = _raw(_NUMBER_TAGS[vr], vr, bytes(range(size)))
+        try:
+            convert_raw_data_element(raw, encoding=["iso8859"], ds=ds)
+            pydicom_decodes = True
+        except Exception:
+            pydicom_decodes = False
+        assert decodes(ds, raw, vr) is pydicom_decodes, (vr, size)
 
 
 def test_text_is_checked_when_pydicom_raises_on_invalid_values(monkeypatch):
