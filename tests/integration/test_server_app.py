@@ -1,13 +1,16 @@
 """The ServerApp's entry point with our real ClientApp, sites called in process through
-Flower's wire format: a bad run config stops it before the first round, a run that skips
-the sites' evaluation still writes every result, and FedAdam with client-level DP resumes
-exactly from a checkpoint. (tests/e2e runs the same app under `flwr run`.)"""
+Flower's wire format: a bad run config stops it before the first round, a failing and a
+declining site are reported while the run goes on, a run that skips the sites' evaluation
+still writes every result, and FedAdam with client-level DP resumes exactly from a
+checkpoint. (tests/e2e runs the same app under `flwr run`.)"""
 import json
+import os
 
 import pytest
 from flwr.app import Context, RecordDict
 from safetensors.numpy import load_file
 
+from client.virtual_site import ensure_virtual_site
 from common.config import ConfigError
 from server.app import main
 from tests.integration.sites_in_process import SitesInProcess
@@ -27,6 +30,33 @@ def test_a_bad_run_config_fails_before_the_first_round_naming_every_setting(tmp_
         main(grid, _context(run_config))
     assert "unknown strategy 'fedsgd'" in str(error.value) and "'rounds' is -1" in str(error.value)
     assert not (tmp_path / "runs").exists() and grid.received == []
+
+
+@pytest.mark.timeout(180)
+def test_a_failing_site_and_a_declining_site_are_reported_and_the_run_goes_on(tmp_path, capsys):
+    def site(partition):
+        return ensure_virtual_site(tmp_path / "cache", partition_id=partition, seed=TINY["seed"],
+                                   patients=TINY["sim-patients"])
+
+    os.chmod(site(1) / "keys" / "kek", 0o644)  # the site refuses a key file others can read
+    # its budget is spent at once (it runs any app, as a virtual site does)
+    (site(2) / "policy.toml").write_text("[privacy]\nmax-epsilon = 0.01\n[apps]\nallow-any-app = true\n")
+    # Plain aggregation: SecAgg+ cannot hide a single remaining site's update (see test_secure_aggregation).
+    run_config = dict(TINY, sites=3, rounds=1, **{"min-sites": 1, "heldout-eval": True, "run-name": "failing",
+                                                   "runs-dir": str(tmp_path / "runs"),
+                                                   "sim-cache-dir": str(tmp_path / "cache")})
+    main(SitesInProcess(3, run_config), _context(run_config))
+    run_dir = tmp_path / "runs" / "failing"
+    (line,) = [json.loads(text) for text in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [name for name, metrics in sorted(line["sites"].items()) if metrics["train"]] == ["site-000"]
+    assert sorted(line["privacy"]["sites"]) == ["site-000"]
+    train_failures = {f["site"]: f for f in line["failures"] if f["phase"] == "train"}
+    assert train_failures["site-001"]["kind"] == "SiteKeyError" and "chmod" in train_failures["site-001"]["reason"]
+    assert train_failures["site-002"]["declined"] == "privacy-budget"
+    assert "site site-002 declined: privacy budget" in capsys.readouterr().out
+    assert line["privacy"]["sites"]["site-000"]["epsilon"] > 0 and 0.0 <= line["heldout"]["auc"] <= 1.0
+    card = (run_dir / "model_card.md").read_text()
+    assert "privacy unit is the **patient**" in card and "site-000" in card
 
 
 @pytest.mark.timeout(120)
