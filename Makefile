@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: install
 	$(PY) -m server.demo --sites $(SITES) --rounds $(ROUNDS) --image-size $(IMAGE_SIZE)
 
+# The tests start dozens of Python processes (Flower starts one per message); with the
+# environment's PYTHONDONTWRITEBYTECODE set, each one recompiles fedrad's modules.
 test: install
-	$(PY) -m pytest -q
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q
 
 clean:
 	rm -rf runs .fedrad-cache .flwr
