@@ -16,10 +16,10 @@ import struct
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.multival import MultiValue
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
@@ -29,13 +29,13 @@ _EXPLICIT_16 = struct.Struct("<HH2sH")
 _EXPLICIT_32 = struct.Struct("<HH2sHI")
 _GROUP_LENGTH = 0x00020000
 _MEDIA_STORAGE = {"MediaStorageSOPClassUID": 0x00020002, "MediaStorageSOPInstanceUID": 0x00020003}
-# Version, SOP class and instance, transfer syntax, implementation class and version name.
 # write_string / write_DA... in pydicom: the default repertoire, space padding.
 _PLAIN_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UR"})
 # write_text: the dataset's character set; every DICOM character set encodes ASCII as ASCII
 # (ISO 2022 escapes aside, which ASCII without ESC never needs).
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 _INTEGER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
+# Version, SOP class and instance, transfer syntax, implementation class and version name.
 _FAST_META_VRS = {0x00020001: "OB", 0x00020002: "UI", 0x00020003: "UI", 0x00020010: "UI", 0x00020012: "UI",
                   0x00020013: "SH"}
 
@@ -118,7 +118,7 @@ def _fast(ds: pydicom.Dataset, syntax) -> bool:
 
 def _body(fp: DicomBytesIO, ds: pydicom.Dataset) -> None:
     """pydicom's ``write_dataset`` for an unchanged encoding, with raw elements packed here."""
-    charset = ds.get("SpecificCharacterSet", "ISO_IR 6")  # the default repertoire (pydicom: "iso8859", slower to convert)
+    charset = ds.get("SpecificCharacterSet", "ISO_IR 6")  # pydicom's "iso8859", by its faster-to-convert name
     implicit = fp.is_implicit_VR
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
