@@ -24,8 +24,10 @@ demo: install
 
 # The tests start dozens of Python processes (Flower starts one per message); with the
 # environment's PYTHONDONTWRITEBYTECODE set, each one recompiles fedrad's modules.
+# Two workers, one test file each at a time: the federation tests mostly wait on Flower
+# (its SuperNode polls every 3 s), so the rest of the suite runs beside them.
 test: install
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf runs .fedrad-cache .flwr
