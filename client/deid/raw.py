@@ -2,16 +2,24 @@
 
 pydicom decodes an element's value on first access, which costs more than most of what
 de-identification then does with it. An element that is removed, zeroed or given a dummy
-needs only its VR; one that is kept is left raw, so it is written from its own bytes
-(``encode.py``), after a check that pydicom can decode it (``decodes``).
+needs only its VR, and a zeroed or dummy one is replaced by a raw element holding the bytes
+pydicom would write for the new value (``replaced``); one that is kept is left raw, so it
+is written from its own bytes (``encode.py``), after a check that pydicom can decode it
+(``decodes``).
 """
 from __future__ import annotations
+
+import functools
 
 import pydicom
 from pydicom import config
 from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.hooks import hooks
+
+from .actions import dummy_value
 
 _CHARACTER_SET = 0x00080005
 
@@ -65,3 +73,21 @@ def decodes(ds: pydicom.Dataset, raw: RawDataElement, vr: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def replaced(ds: pydicom.Dataset, raw: RawDataElement, vr: str, value: bytes) -> RawDataElement | None:
+    """``raw`` holding ``value`` (bytes as written, little endian) instead of its own, with
+    ``vr`` as its explicit VR; None where pydicom would not write it as it stands (big
+    endian, or implicit in an explicit dataset): the caller builds a DataElement."""
+    if not raw.is_little_endian or (raw.VR is None and ds.original_encoding != (True, True)):
+        return None
+    return raw._replace(VR=None if raw.VR is None else vr, length=len(value), value=value, is_buffered=False)
+
+
+@functools.cache
+def dummy_bytes(vr: str) -> bytes:
+    """The value bytes pydicom writes (little endian) for ``dummy_value(vr)``."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = True, True
+    write_data_element(fp, DataElement(0x00100010, vr, dummy_value(vr)))
+    return fp.getvalue()[8:]  # after the implicit header: tag, 32-bit length

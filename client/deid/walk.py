@@ -10,7 +10,7 @@ from pydicom.multival import MultiValue
 from . import clean, dates
 from .actions import Op, basic_op, dummy_value, resolve
 from .options import DeidOptions
-from .raw import decodes, keeps_encoding, raw_vr
+from .raw import decodes, dummy_bytes, keeps_encoding, raw_vr, replaced
 from .table import Entry, ProfileTable
 from .uids import CLASS_UID_TAGS
 
@@ -86,9 +86,9 @@ class Walk:
         if op is Op.REMOVE:
             del ds[tag]
         elif op is Op.ZERO:
-            ds[tag] = DataElement(tag, vr, empty_value_for_VR(vr))
+            ds[tag] = replaced(ds, raw, vr, b"") or DataElement(tag, vr, empty_value_for_VR(vr))
         elif op in (Op.DUMMY, Op.REMAP) and vr != "UI":
-            ds[tag] = DataElement(tag, vr, dummy_value(vr))
+            ds[tag] = replaced(ds, raw, vr, dummy_bytes(vr)) or DataElement(tag, vr, dummy_value(vr))
         elif op is Op.KEEP and keeps_encoding(ds, raw, vr):
             if not decodes(ds, raw, vr):  # a value pydicom cannot decode cannot be checked: drop it
                 del ds[tag]

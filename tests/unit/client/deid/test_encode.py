@@ -115,3 +115,23 @@ def test_decoded_elements_are_packed_as_pydicom_writes_them_or_left_to_pydicom(d
     assert {pydicom.tag.Tag(k) for k in ("ReferringPhysicianName", "PatientComments", "StationName",
                                            0x00181150)} <= set(by_pydicom)
     assert (pydicom.tag.Tag("Manufacturer") in by_pydicom) is not implicit
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_zeroed_and_dummy_elements_left_raw_write_as_their_decoded_values_would(deid, implicit):
+    ds = synthetic_dx()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else \
+        pydicom.uid.ExplicitVRLittleEndian
+    data = _pydicom_bytes(ds)
+    as_read = deid(pydicom.dcmread(io.BytesIO(data)), in_place=True).dataset
+    decoded = pydicom.dcmread(io.BytesIO(data))
+    for _ in decoded.iterall():  # every element decoded first: the walk builds DataElements
+        pass
+    decoded = deid(decoded, in_place=True).dataset
+    replaced = [as_read.get_item(tag) for tag in as_read.keys()
+                if isinstance(as_read.get_item(tag), pydicom.dataelem.RawDataElement)
+                and not isinstance(decoded.get_item(tag), pydicom.dataelem.RawDataElement)]
+    assert any(raw.length == 0 for raw in replaced) and any(raw.length > 0 for raw in replaced)
+    assert encode(as_read) == encode(decoded) == _pydicom_bytes(decoded)
+    for raw in replaced:
+        assert as_read[raw.tag].value == decoded[raw.tag].value
