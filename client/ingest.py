@@ -112,7 +112,7 @@ def ingest(
             else:
                 summary.rejected[outcome] += 1
             if pending >= COMMIT_EVERY:
-                store.commit(wait=False)  # the disk syncs while the next batch is de-identified
+                store.commit()
                 pending = 0
             if progress:
                 progress(index, len(files))

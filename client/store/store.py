@@ -10,8 +10,7 @@ Each image is two objects: its de-identified DICOM and its tensor. ``add_image``
 both at once; the record joins the manifest at ``commit()``, which first makes every
 object written since the last commit durable (one file-system sync for the batch) and
 then replaces the manifest atomically, so the manifest never names an object a crash
-could lose. ``commit(wait=False)`` does the sync and the manifest write in a background
-thread while the caller adds the next batch; the next commit or ``close()`` waits for it. Objects never committed are orphans: ``verify()`` reports them and
+could lose. Objects never committed are orphans: ``verify()`` reports them and
 ``collect_orphans()`` removes them. A writer (add, collect, rewrap) holds ``store/.lock``
 until ``close()``; readers take no lock. Nothing decrypted is ever written, except by
 ``export_dicom`` into the directory it is given.
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 from pathlib import Path
 from typing import Mapping
 
@@ -45,7 +43,6 @@ class SiteStore:
         self._root, self._keys = root, keys
         self._pending: dict[str, Entry] = {}
         self._unsynced: list[Path] = []  # objects written since the last commit, not yet durable
-        self._committing: _BackgroundCommit | None = None
         self._lock = WriterLock(root)
         self._set_manifest(manifest)
 
@@ -86,15 +83,11 @@ class SiteStore:
         return cls.open(site_dir, keys) if root.exists() else cls.create(site_dir, keys)
 
     def close(self) -> None:
-        """Wait for a background commit (raising its error), release the writer lock;
-        records added but not committed become orphans."""
-        try:
-            self._finish_commit()
-        finally:
-            self._pending.clear()
-            self._unsynced.clear()
-            self._set_manifest(self._manifest)
-            self._lock.release()
+        """Release the writer lock; records added but not committed become orphans."""
+        self._pending.clear()
+        self._unsynced.clear()
+        self._set_manifest(self._manifest)
+        self._lock.release()
 
     def __enter__(self) -> "SiteStore":
         return self
@@ -135,33 +128,17 @@ class SiteStore:
         self._sources.add(source_key)
         return record
 
-    def commit(self, *, wait: bool = True) -> None:
+    def commit(self) -> None:
         """Make the pending records' objects durable, then atomically write the manifest
-        with every pending record.
-
-        ``wait=False`` returns at once and does both in a background thread, so the caller
-        can go on adding images; the next ``commit()`` or ``close()`` waits for it and
-        raises its error (the store on disk is then as of the commit before)."""
-        self._finish_commit()
+        with every pending record."""
         if not self._pending:
             return
-        unsynced, self._unsynced = self._unsynced, []
+        sync_files(self._objects, self._unsynced)
+        self._unsynced.clear()
         manifest = self._manifest.extended(tuple(self._pending.values()))
+        self._write(MANIFEST_ID, manifest.to_json(), self._root / MANIFEST_ID)
         self._pending.clear()
         self._set_manifest(manifest)
-        if wait:
-            self._make_durable(unsynced, manifest)
-        else:
-            self._committing = _BackgroundCommit(lambda: self._make_durable(unsynced, manifest))
-
-    def _make_durable(self, unsynced: list[Path], manifest: Manifest) -> None:
-        sync_files(self._objects, unsynced)
-        self._write(MANIFEST_ID, manifest.to_json(), self._root / MANIFEST_ID)
-
-    def _finish_commit(self) -> None:
-        committing, self._committing = self._committing, None
-        if committing is not None:
-            committing.join()
 
     def collect_orphans(self) -> int:
         """Delete objects the manifest does not name (and leftover temp files); returns the count."""
@@ -181,7 +158,6 @@ class SiteStore:
         if (new_keys.site_id, new_keys.site_secret) != (self._keys.site_id, self._keys.site_secret):
             raise StoreError("the new keys belong to another site; rule: rotation keeps the site id "
                              "and secret; fix: rotate with `fedrad-site keys rotate`")
-        self._finish_commit()
         self._begin_write()
         rewrap_files(self._root, self._keys, new_keys)
         self._keys = new_keys
@@ -314,31 +290,6 @@ class SiteStore:
     def _debris(self) -> list[Path]:
         return sorted(p for d in (self._root, self._objects) for p in d.iterdir()
                       if p.name.startswith(TEMP_PREFIX))
-
-
-class _BackgroundCommit:
-    """A commit's sync and manifest write, run in a thread (both mostly wait on the disk)."""
-
-    def __init__(self, work) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), name="fedrad-store-commit", daemon=True)
-        self._thread.start()
-
-    def _run(self, work) -> None:
-        try:
-            work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the thread that joins
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-        if isinstance(self._error, StoreError):
-            raise self._error
-        if self._error is not None:
-            raise StoreError(f"committing the last batch of images failed ({type(self._error).__name__}: "
-                             f"{self._error}); the store on disk holds what was committed before it; fix: "
-                             "free disk space or fix the file system, then run the ingest again (it "
-                             "resumes)") from self._error
 
 
 def _read_manifest(root: Path, keys: SiteKeys) -> Manifest:

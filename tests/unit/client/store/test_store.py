@@ -271,42 +271,6 @@ def test_crash_during_commit_keeps_old_manifest(site, store, monkeypatch):
     assert len(SiteStore.open(site_dir, keys).records()) == 1
 
 
-def test_background_commit_is_durable_once_the_next_commit_or_close_returns(site, store):
-    site_dir, keys = site
-    first = add(store, 2)
-    store.commit(wait=False)
-    second = add(store, 1)  # added while the first batch is being made durable
-    store.commit(wait=False)
-    store.close()
-    again = SiteStore.open(site_dir, keys)
-    assert [r.image_id for r in again.records()] == [r.image_id for r in first + second]
-    assert again.verify() == []
-
-
-def test_a_failed_background_commit_raises_at_the_next_commit_and_keeps_the_old_manifest(site, store,
-                                                                                         monkeypatch):
-    site_dir, keys = site
-    (kept,) = add(store, 1)
-    store.commit()
-    before = (site_dir / "store" / "manifest").read_bytes()
-    add(store, 1)
-
-    def disk_full(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", disk_full)
-    store.commit(wait=False)  # returns at once; the failure waits for whoever joins it
-    with pytest.raises(StoreError, match="committing the last batch of images failed.*No space left.*run the "
-                                         "ingest again"):
-        store.commit()
-    monkeypatch.undo()
-    store.close()
-    assert (site_dir / "store" / "manifest").read_bytes() == before
-    again = SiteStore.open(site_dir, keys)
-    assert [r.image_id for r in again.records()] == [kept.image_id]
-    assert again.collect_orphans() == 2 and again.verify() == []
-
-
 def test_leftover_temp_files_reported_and_collected(site, store):
     add(store, 1)
     store.commit()
