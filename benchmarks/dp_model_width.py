@@ -10,7 +10,8 @@ The sites are built once per (seed, patients) under `.fedrad-cache/bench-sites/`
 6 minutes a site at 1,200 patients) and reused.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/dp_model_width.py [--widths 16 8] \
-        [--patients 300] [--batch-size 64] [--rounds 10] [--dp-learning-rate 0.002] [--max-grad-norm 1]
+        [--patients 300] [--batch-size 64] [--rounds 10] [--dp-learning-rate 0.002] [--max-grad-norm 1] \
+        [--average-last 1]
 """
 from __future__ import annotations
 
@@ -36,9 +37,12 @@ from server.heldout import HeldOutSite
 SIZE = 64
 
 
-def federated_auc(sites, held, args, *, width: int, private: bool) -> float:
+def federated_auc(sites, held, args, *, width: int, private: bool) -> tuple[float, float]:
+    """Held-out AUC of the last round's global model, and of the average of the last
+    `--average-last` rounds' global models (post-processing: no privacy cost)."""
     start = build_model(SIZE, width=width, seed=args.seed).state_dict()
     global_state = start
+    history = []
     for server_round in range(1, args.rounds + 1):
         states, weights = [], []
         for index, data in enumerate(sites):
@@ -61,9 +65,15 @@ def federated_auc(sites, held, args, *, width: int, private: bool) -> float:
             weights.append(result.examples)
         total = sum(weights)
         global_state = {k: sum(w * s[k] for w, s in zip(weights, states)) / total for k in global_state}
-    model = build_model(SIZE, width=width, seed=args.seed)
-    model.load_state_dict(global_state)
-    return evaluate(model, held.images, held.labels).auc
+        history.append(global_state)
+    tail = history[-max(1, args.average_last):]
+    averaged = {k: sum(s[k] for s in tail) / len(tail) for k in global_state}
+    aucs = []
+    for state in (global_state, averaged):
+        model = build_model(SIZE, width=width, seed=args.seed)
+        model.load_state_dict(state)
+        aucs.append(evaluate(model, held.images, held.labels).auc)
+    return aucs[0], aucs[1]
 
 
 def main() -> None:
@@ -77,6 +87,8 @@ def main() -> None:
     parser.add_argument("--dp-learning-rate", type=float, default=0.002)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="per-patient clipping norm C")
+    parser.add_argument("--average-last", type=int, default=1,
+                        help="also score the average of the last K rounds' global models")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -92,13 +104,18 @@ def main() -> None:
     held = HeldOutSite(cache, seed=args.seed, patients=args.patients, image_size=SIZE)
     for width in args.widths:
         started = time.perf_counter()
-        plain = federated_auc(sites, held, args, width=width, private=False)
-        private = federated_auc(sites, held, args, width=width, private=True)
+        plain, plain_averaged = federated_auc(sites, held, args, width=width, private=False)
+        private, private_averaged = federated_auc(sites, held, args, width=width, private=True)
         params = sum(p.numel() for p in build_model(SIZE, width=width).parameters())
         rows.append({"width": width, "parameters": params, "no_dp_auc": round(plain, 4),
-                     "dp_auc": round(private, 4), "ratio": round(private / plain, 4)})
+                     "dp_auc": round(private, 4), "ratio": round(private / plain, 4),
+                     "average_last": args.average_last, "no_dp_auc_averaged": round(plain_averaged, 4),
+                     "dp_auc_averaged": round(private_averaged, 4),
+                     "ratio_averaged": round(private_averaged / plain_averaged, 4)})
         print(f"width {width} ({params} parameters): no DP {plain:.3f}, DP eps {args.epsilon:g} {private:.3f}, "
-              f"ratio {private / plain:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+              f"ratio {private / plain:.3f}; averaged over the last {args.average_last} rounds: "
+              f"{plain_averaged:.3f} / {private_averaged:.3f} = {private_averaged / plain_averaged:.3f} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
     write_result("dp_model_width", {"settings": vars(args), "rows": rows})
 
 
