@@ -8,8 +8,11 @@ per physical batch, one noisy step per logical batch).
 
 Time: every variant lives in this one process; each iteration runs one step of every
 variant, in rotating order, after a warm-up; the figure is the median step time.
-"hooks" uses fedrad's Conv2d per-sample sampler (client/grad_samplers.py, registered in
-Opacus' registry); "hooks/opacus-conv" is the same with Opacus' own unfold-based sampler.
+"hooks" is what training runs: fedrad's Conv2d per-sample sampler (client/grad_samplers.py,
+registered in Opacus' registry) and convolutions whose backward skips the summed weight
+gradients DP-SGD discards (`per_sample_convolutions`); "hooks/autograd-weights" is the same
+sampler with plain convolutions (autograd also computes their summed weight gradients), and
+"hooks/opacus-conv" is stock Opacus (its own unfold-based sampler, plain convolutions).
 Peak memory: each variant runs in a fresh subprocess that builds its model, data and
 optimiser, resets the kernel's peak-RSS mark (`/proc/self/clear_refs` = 5), runs the
 steps and reads `VmHWM`. "peak RSS" is that whole process's peak (torch included): its
@@ -23,8 +26,10 @@ patients, where "ew" switches to a slower kernel below 32), as seconds per step.
 `--phases` instead splits one step into forward (incl. zero_grad), backward (incl. Opacus'
 per-sample gradient hooks), clip + noise (`DPOptimizer.pre_step()`: clipping, accumulation,
 noise, scaling, accountant hook) and the Adam update (the wrapped optimizer's `step()`), for
-plain, "hooks/opacus-conv", "hooks" and "hooks/conv-free" (a zero Conv2d sampler, registered
-only while that variant runs: convolution per-sample gradients for free, a floor, not a mode);
+plain, plain with frozen convolution weights (the backward without their summed weight
+gradients), "hooks/opacus-conv", "hooks/autograd-weights", "hooks" and "hooks/conv-free" (as
+"hooks" with a zero Conv2d sampler, registered only while that variant runs: convolution
+per-sample gradients for free, a floor, not a mode);
 fastest of --steps interleaved steps per phase and for the whole step (1 torch thread unless
 --threads says otherwise).
 
@@ -34,6 +39,7 @@ fastest of --steps interleaved steps per phase and for the whole step (1 torch t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import statistics
@@ -51,16 +57,21 @@ from _common import REPO, write_result
 sys.path.insert(0, str(REPO))
 warnings.filterwarnings("ignore")
 
-from client.grad_samplers import opacus_conv_grad_sample  # noqa: E402  (the import registers fedrad's)
+from client.grad_samplers import (  # noqa: E402  (the import registers fedrad's sampler)
+    InputGradConv2d, opacus_conv_grad_sample, per_sample_convolutions)
 from client.private_training import DEFAULT_GRAD_SAMPLE_MODE, DPConfig, train_private  # noqa: E402
 from client.training import train  # noqa: E402
 from common.config import TrainSettings  # noqa: E402
 from common.model import build_model  # noqa: E402
 
 IMAGE_SIZE, BATCH = 64, 32
-VARIANTS = ("plain", "hooks", "hooks/opacus-conv", "ew", "functorch", "ghost", "hooks/phys8")
-PHASE_VARIANTS = {"plain": "non-private", "hooks/opacus-conv": "hooks, Opacus' Conv2d sampler",
-                  "hooks": "hooks, fedrad's Conv2d sampler",
+VARIANTS = ("plain", "hooks", "hooks/autograd-weights", "hooks/opacus-conv", "ew", "functorch", "ghost",
+            "hooks/phys8")
+PHASE_VARIANTS = {"plain": "non-private",
+                  "plain/frozen-conv-weights": "non-private, conv weights frozen (what their gradients cost)",
+                  "hooks/opacus-conv": "hooks, Opacus' Conv2d sampler",
+                  "hooks/autograd-weights": "hooks, fedrad's Conv2d sampler, summed conv weight gradients too",
+                  "hooks": "hooks, fedrad's Conv2d sampler, no summed conv weight gradients (training's)",
                   "hooks/conv-free": "hooks, convolution gradients free (zero sampler: a floor, not a mode)"}
 PHASES = ("forward", "backward", "clip + noise", "Adam", "step")
 TARGET = 1.3
@@ -74,18 +85,34 @@ def zero_conv_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
 
 # Variant suffixes: hooks mode with another Conv2d sampler than fedrad's.
 CONV_SAMPLERS = {"/opacus-conv": opacus_conv_grad_sample, "/conv-free": zero_conv_grad_sample}
+# Variants whose convolutions stay plain nn.Conv2d (autograd computes summed weight gradients).
+PLAIN_CONVOLUTIONS = ("/opacus-conv", "/autograd-weights")
+_SWAPPED = contextlib.ExitStack()  # holds the other hooks variants' convolutions swapped
 
 
 def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor, phases: bool = False):
     """A closure running one training step of `variant` on the given batch (returning its phase times
     in seconds if `phases`)."""
+    model = build_model(IMAGE_SIZE)
+    if variant == "plain/frozen-conv-weights":  # not a training mode: shows the summed conv weight gradients' cost
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                module.weight.requires_grad_(False)
+        variant = "plain"
+    if variant.startswith("hooks") and not variant.endswith(PLAIN_CONVOLUTIONS):
+        _SWAPPED.enter_context(per_sample_convolutions(model))  # for good: the model lives in this process only
+    for suffix, sampler in CONV_SAMPLERS.items():
+        if variant.endswith(suffix):
+            return _with_conv_sampler(_make_private_step(variant.removesuffix(suffix), model, images, targets,
+                                                         phases), sampler)
+    return _make_private_step(variant.removesuffix("/autograd-weights"), model, images, targets, phases)
+
+
+def _make_private_step(variant: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, phases: bool):
+    """`variant`'s step (sampler suffixes already handled) on `model`."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    for suffix, sampler in CONV_SAMPLERS.items():
-        if variant.endswith(suffix):
-            return _with_conv_sampler(make_step(variant.removesuffix(suffix), images, targets, phases), sampler)
-    model = build_model(IMAGE_SIZE)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
     criterion: nn.Module = nn.BCEWithLogitsLoss()
     mode, _, physical = variant.partition("/phys")
@@ -148,15 +175,16 @@ def _with_conv_sampler(step, sampler):
 
     def sampler_step():
         registry = GradSampleModule.GRAD_SAMPLERS
-        previous = registry.get(nn.Conv2d)
-        registry[nn.Conv2d] = sampler
+        previous = {kind: registry.get(kind) for kind in (nn.Conv2d, InputGradConv2d)}
+        registry.update(dict.fromkeys(previous, sampler))
         try:
             return step()
         finally:
-            if previous is None:
-                del registry[nn.Conv2d]
-            else:
-                registry[nn.Conv2d] = previous
+            for kind, entry in previous.items():
+                if entry is None:
+                    del registry[kind]
+                else:
+                    registry[kind] = entry
     return sampler_step
 
 

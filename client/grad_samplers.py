@@ -9,22 +9,81 @@ sample n's input channels convolved with sample n's weights give sample n's outp
 materialising the unfolded input. Anything it does not cover (strings as padding, non-zero
 padding modes, empty batches) goes to Opacus' own sampler, so results never depend on it.
 
-Importing this module registers the sampler for `nn.Conv2d` (process-wide, as Opacus'
-registry is); `tests/unit/client/test_grad_samplers.py` checks it against Opacus'.
+In hooks mode autograd would also compute each convolution's summed weight gradient,
+which DP-SGD throws away (the optimizer sums the clipped per-sample gradients instead): a
+third to a half of a plain backward pass here. `per_sample_convolutions(model)` swaps the
+model's convolutions for `InputGradConv2d` while it trains, whose backward computes the
+input's gradient only; its weight gradients come from the hooks alone.
+
+Importing this module registers the sampler for `nn.Conv2d` and `InputGradConv2d`
+(process-wide, as Opacus' registry is); `tests/unit/client/test_grad_samplers.py` checks
+both against Opacus'.
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 from opacus.grad_sample import register_grad_sampler
 from opacus.grad_sample.conv import compute_conv_grad_sample as opacus_conv_grad_sample
 from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["conv2d_grad_sample", "opacus_conv_grad_sample"]
+__all__ = ["InputGradConv2d", "conv2d_grad_sample", "opacus_conv_grad_sample", "per_sample_convolutions"]
+
+
+class _InputGradOnly(torch.autograd.Function):
+    """conv2d whose backward returns the input's gradient and none for weight and bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: D401
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 7
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        grad_input, _, _ = torch.ops.aten.convolution_backward(
+            grad_output, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [True, False, False])
+        return (grad_input,) + (None,) * 6
+
+
+class InputGradConv2d(nn.Conv2d):
+    """A Conv2d for hooks-mode DP-SGD: same forward, no summed weight or bias gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"InputGradConv2d takes a batch of images (N, C, H, W), not shape {tuple(x.shape)}")
+        return _InputGradOnly.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                    self.groups)
+
+
+@contextlib.contextmanager
+def per_sample_convolutions(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with every plain Conv2d that `conv2d_grad_sample` covers an InputGradConv2d
+    (same parameters), restored on exit."""
+    swapped = [m for m in model.modules() if type(m) is nn.Conv2d and _layer_covered(m)]
+    for module in swapped:
+        module.__class__ = InputGradConv2d
+    try:
+        yield model
+    finally:
+        for module in swapped:
+            module.__class__ = nn.Conv2d
+
+
+def _layer_covered(layer: nn.Conv2d) -> bool:
+    return (type(layer) in (nn.Conv2d, InputGradConv2d) and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str))
 
 
 def _covered(layer: nn.Conv2d, activations: torch.Tensor) -> bool:
-    return (type(layer) is nn.Conv2d and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
-            and activations.dim() == 4 and activations.shape[0] > 0)
+    return _layer_covered(layer) and activations.dim() == 4 and activations.shape[0] > 0
 
 
 def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
@@ -49,4 +108,4 @@ def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
     return grads
 
 
-register_grad_sampler(nn.Conv2d)(conv2d_grad_sample)
+register_grad_sampler([nn.Conv2d, InputGradConv2d])(conv2d_grad_sample)

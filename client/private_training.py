@@ -22,6 +22,8 @@ batch-size (equal when batch-size divides the patient count).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -44,7 +46,7 @@ from opacus.validators import ModuleValidator  # noqa: E402
 # Flower log line twice; the site's logging configuration is not Opacus' to change.
 logging.getLogger().handlers[:] = _ROOT_HANDLERS
 
-import client.grad_samplers  # noqa: E402,F401  (registers fedrad's faster Conv2d sampler with Opacus)
+from client.grad_samplers import per_sample_convolutions  # noqa: E402  (also registers fedrad's Conv2d sampler)
 from client.step_plan import StepPlan, plan_round
 from client.training import TrainResult
 from common.config import TrainSettings
@@ -210,6 +212,14 @@ def train_private(
     if settings.proximal_mu > 0:
         _add_proximal_term(optimizer, settings.proximal_mu)
     criterion = nn.BCEWithLogitsLoss()
+    # hooks mode: autograd skips the convolutions' summed weight gradients, which DP-SGD discards
+    with per_sample_convolutions(model) if dp.grad_sample_mode == "hooks" else contextlib.nullcontext():
+        result = _run_private(model, optimizer, criterion, loader, dataset, plan, settings, dp, noise_seed)
+    return dataclasses.replace(result, seconds=time.perf_counter() - started), plan
+
+
+def _run_private(model, optimizer, criterion, loader, dataset, plan, settings, dp, noise_seed) -> TrainResult:
+    """make_private, the planned DP-SGD steps, Opacus' cleanup; checks the history is the plan."""
     # secure_mode=False: seeded torch generators, so a round is reproducible from its seed
     # and secret (Opacus' secure mode draws from a CSPRNG and hardens the noise against
     # floating-point attacks, but cannot be seeded).
@@ -256,10 +266,4 @@ def train_private(
     # Opacus' accountant hook runs once per noisy optimizer step: its history must be the plan.
     if steps != plan.steps or engine.accountant.history != [(dp.noise_multiplier, plan.sample_rate, plan.steps)]:
         raise AssertionError(f"took {steps} DP-SGD steps but planned {plan.steps}")
-    result = TrainResult(
-        loss=total_loss / max(total_seen, 1),
-        examples=len(images),
-        steps=steps,
-        seconds=time.perf_counter() - started,
-    )
-    return result, plan
+    return TrainResult(loss=total_loss / max(total_seen, 1), examples=len(dataset.images), steps=steps, seconds=0.0)
