@@ -37,7 +37,7 @@ class _InputGradOnly(torch.autograd.Function):
     """conv2d whose backward returns the input's gradient and none for weight and bias."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: D401
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         ctx.save_for_backward(x, weight)
         ctx.conv = (stride, padding, dilation, groups)
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
