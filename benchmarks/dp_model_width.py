@@ -11,7 +11,7 @@ The sites are built once per (seed, patients) under `.fedrad-cache/bench-sites/`
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/dp_model_width.py [--widths 16 8] \
         [--patients 300] [--batch-size 64] [--rounds 10] [--dp-learning-rate 0.002] [--max-grad-norm 1] \
-        [--average-last 1]
+        [--average-last 1] [--per-round] [--seed 0]
 """
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def federated_auc(sites, held, args, *, width: int, private: bool) -> tuple[floa
         total = sum(weights)
         global_state = {k: sum(w * s[k] for w, s in zip(weights, states)) / total for k in global_state}
         history.append(global_state)
+        if args.per_round:
+            model = build_model(SIZE, width=width, seed=args.seed)
+            model.load_state_dict(global_state)
+            print(f"  {'DP' if private else 'no DP'} round {server_round}: held-out AUC "
+                  f"{evaluate(model, held.images, held.labels).auc:.3f}", flush=True)
     tail = history[-max(1, args.average_last):]
     averaged = {k: sum(s[k] for s in tail) / len(tail) for k in global_state}
     aucs = []
@@ -89,6 +94,7 @@ def main() -> None:
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="per-patient clipping norm C")
     parser.add_argument("--average-last", type=int, default=1,
                         help="also score the average of the last K rounds' global models")
+    parser.add_argument("--per-round", action="store_true", help="print the held-out AUC after every round")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
