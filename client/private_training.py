@@ -23,7 +23,6 @@ batch-size (equal when batch-size divides the patient count).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -214,12 +213,14 @@ def train_private(
     criterion = nn.BCEWithLogitsLoss()
     # hooks mode: autograd skips the convolutions' summed weight gradients, which DP-SGD discards
     with per_sample_convolutions(model) if dp.grad_sample_mode == "hooks" else contextlib.nullcontext():
-        result = _run_private(model, optimizer, criterion, loader, dataset, plan, settings, dp, noise_seed)
-    return dataclasses.replace(result, seconds=time.perf_counter() - started), plan
+        loss, steps = _run_private(model, optimizer, criterion, loader, plan, settings, dp, noise_seed)
+    result = TrainResult(loss=loss, examples=len(images), steps=steps, seconds=time.perf_counter() - started)
+    return result, plan
 
 
-def _run_private(model, optimizer, criterion, loader, dataset, plan, settings, dp, noise_seed) -> TrainResult:
-    """make_private, the planned DP-SGD steps, Opacus' cleanup; checks the history is the plan."""
+def _run_private(model, optimizer, criterion, loader, plan, settings, dp, noise_seed) -> tuple[float, int]:
+    """make_private, the planned DP-SGD steps, Opacus' cleanup; checks the history is the
+    plan. Returns the mean training loss and the number of steps."""
     # secure_mode=False: seeded torch generators, so a round is reproducible from its seed
     # and secret (Opacus' secure mode draws from a CSPRNG and hardens the noise against
     # floating-point attacks, but cannot be seeded).
@@ -266,4 +267,4 @@ def _run_private(model, optimizer, criterion, loader, dataset, plan, settings, d
     # Opacus' accountant hook runs once per noisy optimizer step: its history must be the plan.
     if steps != plan.steps or engine.accountant.history != [(dp.noise_multiplier, plan.sample_rate, plan.steps)]:
         raise AssertionError(f"took {steps} DP-SGD steps but planned {plan.steps}")
-    return TrainResult(loss=total_loss / max(total_seen, 1), examples=len(dataset.images), steps=steps, seconds=0.0)
+    return total_loss / max(total_seen, 1), steps
