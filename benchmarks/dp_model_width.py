@@ -67,18 +67,17 @@ def federated_auc(sites, held, args, *, width: int, private: bool) -> tuple[floa
         global_state = {k: sum(w * s[k] for w, s in zip(weights, states)) / total for k in global_state}
         history.append(global_state)
         if args.per_round:
-            model = build_model(SIZE, width=width, seed=args.seed)
-            model.load_state_dict(global_state)
             print(f"  {'DP' if private else 'no DP'} round {server_round}: held-out AUC "
-                  f"{evaluate(model, held.images, held.labels).auc:.3f}", flush=True)
+                  f"{heldout_auc(global_state, held, width):.3f}", flush=True)
     tail = history[-max(1, args.average_last):]
     averaged = {k: sum(s[k] for s in tail) / len(tail) for k in global_state}
-    aucs = []
-    for state in (global_state, averaged):
-        model = build_model(SIZE, width=width, seed=args.seed)
-        model.load_state_dict(state)
-        aucs.append(evaluate(model, held.images, held.labels).auc)
-    return aucs[0], aucs[1]
+    return heldout_auc(global_state, held, width), heldout_auc(averaged, held, width)
+
+
+def heldout_auc(state: dict, held, width: int) -> float:
+    model = build_model(SIZE, width=width)
+    model.load_state_dict(state)
+    return evaluate(model, held.images, held.labels).auc
 
 
 def main() -> None:

@@ -103,12 +103,12 @@ def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor, phases:
         _SWAPPED.enter_context(per_sample_convolutions(model))  # for good: the model lives in this process only
     for suffix, sampler in CONV_SAMPLERS.items():
         if variant.endswith(suffix):
-            return _with_conv_sampler(_make_private_step(variant.removesuffix(suffix), model, images, targets,
+            return _with_conv_sampler(_training_step(variant.removesuffix(suffix), model, images, targets,
                                                          phases), sampler)
-    return _make_private_step(variant.removesuffix("/autograd-weights"), model, images, targets, phases)
+    return _training_step(variant.removesuffix("/autograd-weights"), model, images, targets, phases)
 
 
-def _make_private_step(variant: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, phases: bool):
+def _training_step(variant: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, phases: bool):
     """`variant`'s step (sampler suffixes already handled) on `model`."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
