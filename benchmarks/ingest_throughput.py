@@ -15,7 +15,10 @@ rotating order per repeat (the figure is the median of the repeats):
   the pixel pipeline (128 x 128 tensors), AES-256-GCM encryption, durable writes (fsync'd
   before each manifest commit), manifest, report;
 - `fedrad-deid-encrypt`: the same ingest with the pixel pipeline replaced by an empty
-  tensor: de-identification + encryption + store alone.
+  tensor: de-identification + encryption + store alone;
+- `fedrad-workers`, `fedrad-deid-encrypt-workers`: the same two with `--workers` processes
+  reading and de-identifying (default: one per CPU, what `fedrad-site ingest` does); the rows
+  above run in one process, like pydicom and dicognito.
 pydicom and dicognito write plain files without fsync; fedrad's durability is included.
 
 Leaks: the identifying values of every input file (the collector of
@@ -24,10 +27,11 @@ tests/integration/test_ingest_leak.py: names, IDs, dates, times, UIDs, private v
 every file under the site directory, the decrypted store and `store export`'s DICOM.
 
 Memory: fedrad ingests 250, 500, 1,000 and 2,000 synthetic files, each in a fresh
-subprocess; peak RSS is the child's `VmHWM` (also: its peak minus its RSS after imports,
-and the sampled process-tree peak from `_common.PeakTreeMemory`).
+subprocess, in one process and with `--workers` processes; peak RSS is the child's `VmHWM`
+(also: its peak minus its RSS after imports, and the sampled process-tree peak from
+`_common.PeakTreeMemory`, which counts the workers).
 
-    .venv/bin/python benchmarks/ingest_throughput.py [--images 2000] [--repeats 3] [--corpus-repeats 9] [--work DIR]
+    .venv/bin/python benchmarks/ingest_throughput.py [--images 2000] [--repeats 3] [--corpus-repeats 9] [--workers N] [--work DIR]
 
 dicognito is a benchmark-only peer (`pip install dicognito`), not a fedrad dependency.
 """
@@ -62,6 +66,7 @@ from pydicom.data import get_testdata_files  # noqa: E402
 
 import client.ingest  # noqa: E402
 from client.deid import Deidentifier  # noqa: E402
+from client.ingest_pool import available_cpus  # noqa: E402
 from client.keys import init_keys, load_keys  # noqa: E402
 from client.store import SiteStore  # noqa: E402
 from common.pixels import PixelPipeline, load_dataset  # noqa: E402
@@ -69,8 +74,8 @@ from common.synth import write_hospital  # noqa: E402
 from tests.integration.test_ingest_leak import (  # noqa: E402
     ValueSearch, collect_values, decrypted_blobs, tree_blobs)
 
-TOOLS = ("pydicom", "dicognito", "fedrad", "fedrad-deid-encrypt")
-TARGETS = {"fedrad/dicognito": 1.2, "fedrad/pydicom": 0.7}
+TOOLS = ("pydicom", "dicognito", "fedrad", "fedrad-deid-encrypt", "fedrad-workers", "fedrad-deid-encrypt-workers")
+TARGETS = {"dicognito": 1.2, "pydicom": 0.7}  # fedrad's throughput / the peer's
 MEMORY_SIZES = (250, 500, 1000, 2000)
 _MEMORY_CHILD = r"""
 import json, resource, sys, time
@@ -87,7 +92,7 @@ site, folder, labels = map(Path, sys.argv[1:4])
 keys = init_keys(site)
 baseline = rss()
 start = time.perf_counter()
-summary = ingest(site, folder, labels, keys=keys)
+summary = ingest(site, folder, labels, keys=keys, workers=int(sys.argv[4]))
 print(json.dumps({"seconds": time.perf_counter() - start, "ingested": summary.ingested,
                   "peak_rss_mb": hwm(), "rss_after_imports_mb": baseline}))
 """
@@ -207,13 +212,14 @@ def _pixel_pipeline(enabled: bool):
         client.ingest.PixelPipeline = original
 
 
-def run_fedrad(folder: Path, labels: Path, out: Path, keys, *, pixels: bool) -> int:
-    with _pixel_pipeline(pixels):
-        summary = client.ingest.ingest(out, folder, labels, keys=keys)
+def run_fedrad(folder: Path, labels: Path, out: Path, keys, *, pixels: bool, workers: int) -> int:
+    with _pixel_pipeline(pixels):  # the workers are forked: they run the patched pipeline too
+        summary = client.ingest.ingest(out, folder, labels, keys=keys, workers=workers)
     return summary.ingested
 
 
-def measure(name: str, files: list[Path], folder: Path, labels: Path, work: Path, repeats: int) -> dict:
+def measure(name: str, files: list[Path], folder: Path, labels: Path, work: Path, repeats: int,
+            workers: int) -> dict:
     """Every tool over `files`, `repeats` times in rotating order; leaks of the last run."""
     seconds: dict[str, list[float]] = {tool: [] for tool in TOOLS}
     outputs: dict[str, Path] = {}
@@ -228,7 +234,8 @@ def measure(name: str, files: list[Path], folder: Path, labels: Path, work: Path
             elif tool == "dicognito":
                 run_dicognito(files, out)
             else:
-                ingested = run_fedrad(folder, labels, out, keys, pixels=tool == "fedrad")
+                ingested = run_fedrad(folder, labels, out, keys, pixels=not tool.startswith("fedrad-deid"),
+                                      workers=workers if tool.endswith("-workers") else 1)
                 assert ingested == len(files), f"fedrad ingested {ingested} of {len(files)} files"
             seconds[tool].append(time.perf_counter() - start)
             if tool in outputs:
@@ -242,12 +249,8 @@ def measure(name: str, files: list[Path], folder: Path, labels: Path, work: Path
         rows[tool] = {"seconds": [round(t, 3) for t in times], "median_seconds": round(median, 3),
                       "files_per_s": round(len(files) / median, 1), "mb_per_s": round(megabytes / median, 1),
                       "ms_per_file": round(1000 * median / len(files), 2)}
-    ratios = {
-        "fedrad/dicognito": _ratio(seconds["dicognito"], seconds["fedrad"]),
-        "fedrad/pydicom": _ratio(seconds["pydicom"], seconds["fedrad"]),
-        "fedrad-deid-encrypt/dicognito": _ratio(seconds["dicognito"], seconds["fedrad-deid-encrypt"]),
-        "fedrad-deid-encrypt/pydicom": _ratio(seconds["pydicom"], seconds["fedrad-deid-encrypt"]),
-    }
+    ratios = {f"{ours}/{peer}": _ratio(seconds[peer], seconds[ours])
+              for ours in TOOLS if ours.startswith("fedrad") for peer in ("dicognito", "pydicom")}
     return {"files": len(files), "megabytes": round(megabytes, 1), "tools": rows, "ratios": ratios,
             "leaks": leaks(files, outputs)}
 
@@ -281,7 +284,7 @@ def leaks(files: list[Path], outputs: dict[str, Path]) -> dict:
     return result
 
 
-def memory(work: Path, hospital_files: list[Path], labels: Path, hospital: Path) -> list[dict]:
+def memory(work: Path, hospital_files: list[Path], labels: Path, hospital: Path, workers: int) -> list[dict]:
     rows = []
     for n in MEMORY_SIZES:
         if n > len(hospital_files):
@@ -289,17 +292,20 @@ def memory(work: Path, hospital_files: list[Path], labels: Path, hospital: Path)
         folder = _subset(work, hospital, hospital_files, n)
         site = work / "out" / f"memory-{n}"
         with PeakTreeMemory() as tree:
-            done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(site), str(folder), str(labels)],
+            done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(site), str(folder), str(labels),
+                                   str(workers)],
                                   cwd=REPO, capture_output=True, text=True,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
         if done.returncode != 0:
             raise SystemExit(done.stderr[-3000:])
         child = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append({"files": n, "ingested": child["ingested"], "seconds": round(child["seconds"], 2),
+        rows.append({"files": n, "workers": workers, "ingested": child["ingested"],
+                     "seconds": round(child["seconds"], 2),
                      "peak_rss_mb": round(child["peak_rss_mb"], 1),
                      "peak_above_imports_mb": round(child["peak_rss_mb"] - child["rss_after_imports_mb"], 1),
                      "peak_tree_mb_sampled": tree.peak_mb})
-        print(f"  memory {n} files: peak RSS {rows[-1]['peak_rss_mb']} MB", flush=True)
+        print(f"  memory {n} files, {workers} worker(s): peak RSS {rows[-1]['peak_rss_mb']} MB, "
+              f"process tree {tree.peak_mb} MB", flush=True)
         shutil.rmtree(site)
     return rows
 
@@ -311,6 +317,8 @@ def main() -> None:
     parser.add_argument("--corpus-repeats", type=int, default=9,
                         help="repeats of the corpus set: 65 files take about a second per tool, so its "
                              "ratios need more repeats to settle")
+    parser.add_argument("--workers", type=int, default=available_cpus(),
+                        help="processes of the *-workers rows (default: one per CPU, as fedrad-site ingest)")
     parser.add_argument("--work", type=Path, default=None, help="keep the data here between runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -327,32 +335,37 @@ def main() -> None:
         corpus_files = sorted(corpus_folder.rglob("*.dcm"))
         synth_folder, synth_labels, synth_files = synthetic_set(work, args.images)
         # warm-up: imports, first-call initialisation of torch and pydicom's handlers
-        measure("warmup", corpus_files[:5], _subset_of(work, corpus_files[:5]), corpus_labels, work, 1)
+        measure("warmup", corpus_files[:5], _subset_of(work, corpus_files[:5]), corpus_labels, work, 1,
+                args.workers)
         shutil.rmtree(work / "out")
         results = {
-            "corpus": {**measure("corpus", corpus_files, corpus_folder, corpus_labels, work, args.corpus_repeats),
+            "corpus": {**measure("corpus", corpus_files, corpus_folder, corpus_labels, work, args.corpus_repeats,
+                                 args.workers),
                        "corpus_files_excluded": excluded},
             "synthetic": measure("synthetic", synth_files, synth_folder, synth_labels, work,
-                                 max(1, args.repeats - 1)),
+                                 max(1, args.repeats - 1), args.workers),
         }
         hospital = work / f"hospital-{args.images}"
-        results["memory"] = memory(work, synth_files, synth_labels, hospital)
+        results["memory"] = [row for workers in (1, args.workers)
+                             for row in memory(work, synth_files, synth_labels, hospital, workers)]
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     targets = {}
     for data_set in ("corpus", "synthetic"):
-        for ratio, target in TARGETS.items():
-            for variant in (ratio, ratio.replace("fedrad", "fedrad-deid-encrypt")):
-                measured = results[data_set]["ratios"][variant]
-                targets[f"{data_set}: {variant} >= {target}"] = {"measured": measured, "met": measured >= target}
-        leaked = results[data_set]["leaks"]["fedrad"]["leaked_values"]
-        targets[f"{data_set}: fedrad leaked values == 0"] = {"measured": leaked, "met": leaked == 0}
-    peaks = [row["peak_rss_mb"] for row in results["memory"]]
-    if peaks:
-        growth = peaks[-1] / peaks[0]
-        targets["memory: peak RSS at 2000 files / at 250 files <= 1.1"] = {"measured": round(growth, 3),
-                                                                           "met": growth <= 1.1}
+        for peer, target in TARGETS.items():
+            for ours in (tool for tool in TOOLS if tool.startswith("fedrad")):
+                measured = results[data_set]["ratios"][f"{ours}/{peer}"]
+                targets[f"{data_set}: {ours}/{peer} >= {target}"] = {"measured": measured, "met": measured >= target}
+        for ours in (tool for tool in TOOLS if tool.startswith("fedrad")):
+            leaked = results[data_set]["leaks"][ours]["leaked_values"]
+            targets[f"{data_set}: {ours} leaked values == 0"] = {"measured": leaked, "met": leaked == 0}
+    for workers, key in ((1, "peak_rss_mb"), (args.workers, "peak_tree_mb_sampled")):
+        peaks = [row[key] for row in results["memory"] if row["workers"] == workers]
+        if peaks:
+            growth = peaks[-1] / peaks[0]
+            targets[f"memory, {workers} worker(s): {key} at 2000 files / at 250 files <= 1.1"] = {
+                "measured": round(growth, 3), "met": growth <= 1.1}
     payload = {
         "command": "benchmarks/ingest_throughput.py " + " ".join(sys.argv[1:]),
         "versions": {name: version(name) for name in ("dicognito", "cryptography", "numpy")},
@@ -381,17 +394,18 @@ def _subset_of(work: Path, files: list[Path]) -> Path:
 
 
 def _print_table(payload: dict) -> None:
-    print(f"\n{'data set':10s} {'tool':20s} {'files/s':>8s} {'MB/s':>7s} {'ms/file':>8s} {'leaked':>7s}")
+    print(f"\n{'data set':10s} {'tool':28s} {'files/s':>8s} {'MB/s':>7s} {'ms/file':>8s} {'leaked':>7s}")
     for data_set in ("corpus", "synthetic"):
         block = payload[data_set]
         for tool, row in block["tools"].items():
             leaked = block["leaks"].get(tool, {}).get("leaked_values", "")
-            print(f"{data_set:10s} {tool:20s} {row['files_per_s']:8.1f} {row['mb_per_s']:7.1f} "
+            print(f"{data_set:10s} {tool:28s} {row['files_per_s']:8.1f} {row['mb_per_s']:7.1f} "
                   f"{row['ms_per_file']:8.2f} {leaked!s:>7s}")
         print(f"{'':10s} ratios: " + ", ".join(f"{k} {v}" for k, v in block["ratios"].items()))
         print(f"{'':10s} values searched: {block['leaks']['values_searched']}")
     for row in payload["memory"]:
-        print(f"memory: {row['files']:5d} files: peak RSS {row['peak_rss_mb']} MB "
+        print(f"memory: {row['files']:5d} files, {row['workers']} worker(s): peak RSS {row['peak_rss_mb']} MB, "
+              f"process tree {row['peak_tree_mb_sampled']} MB "
               f"({row['peak_above_imports_mb']} MB above imports), {row['seconds']} s")
     for name, target in payload["targets"].items():
         print(f"{'met ' if target['met'] else 'MISSED'} {name}: {target['measured']}")

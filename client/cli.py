@@ -103,6 +103,9 @@ def ingest(
     dicom: Annotated[Path, typer.Option("--dicom", help="A DICOM file or a folder of the export (searched recursively).")],
     labels: Annotated[Path, typer.Option("--labels", help="CSV with columns SOPInstanceUID,finding.")],
     tensor_size: Annotated[int, typer.Option("--tensor-size", min=16, help="Side of the stored training tensors.")] = 128,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, help="Processes that read and de-identify files (0: one per CPU; 1: all in this "
+                                 "process). This process alone encrypts and writes the store.")] = 0,
     passphrase_env: Passphrase = None,
 ) -> None:
     """De-identify, quarantine what cannot be made safe, and encrypt into the site store.
@@ -111,6 +114,7 @@ def ingest(
     from client.deid import DeidConfigError
     from client.deid_policy import deid_settings, describe
     from client.ingest import ingest as run_ingest
+    from client.ingest_pool import WorkerDied, available_cpus
     from client.keys import SiteKeyError, load_keys
     from client.labels import LabelsError
     from client.privacy import PolicyError, load_policy
@@ -124,9 +128,10 @@ def ingest(
                       TimeRemainingColumn(), console=console, transient=True) as bar:
             task = bar.add_task("ingesting", total=None)
             summary = run_ingest(site_dir, dicom, labels, keys=keys, options=options, pixel_clean_rules=rules,
-                                 tensor_size=tensor_size,
+                                 tensor_size=tensor_size, workers=workers or available_cpus(),
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except (SiteKeyError, StoreError, LabelsError, FileNotFoundError, PolicyError, DeidConfigError) as error:
+    except (SiteKeyError, StoreError, LabelsError, FileNotFoundError, PolicyError, DeidConfigError,
+            WorkerDied) as error:
         _fail(str(error))
     report = summary.to_dict()
     console.print(f"ingested {report['ingested']}, already in store {report['already_in_store']}, "

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 from client.deid import DeidOptions, Deidentifier, PixelCleanRule
 from client.deid.encode import encode
 from client.deid.profile import quiet_pydicom
+from client.ingest_pool import ordered_map
 from client.keys import SiteKeys
 from client.labels import read_labels
 from client.store import SiteStore
@@ -75,15 +76,19 @@ def ingest(
     options: DeidOptions | None = None,
     pixel_clean_rules: tuple[PixelCleanRule, ...] | None = None,
     tensor_size: int = DEFAULT_TENSOR_SIZE,
+    workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestSummary:
     """Ingest every file under `dicom_path`; see the module docstring.
 
     `options` and `pixel_clean_rules` left as None are read from the site policy; an
     invalid policy raises one PolicyError (TOML) or DeidConfigError ([deid]) before any
-    file is read.
+    file is read. `workers` > 1 reads, de-identifies and preprocesses files in that many
+    forked processes (client.ingest_pool); this process encrypts and writes the store.
     """
     started = time.perf_counter()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}; fix: pass --workers 1 or more")
     if options is None or pixel_clean_rules is None:
         from client.deid_policy import deid_settings
         from client.privacy import load_policy
@@ -94,73 +99,102 @@ def ingest(
     labels = read_labels(labels_csv)
     files = list(dicom_files(dicom_path))
     summary = IngestSummary(files=len(files))
-    deidentify = Deidentifier(site_secret=keys.site_secret, options=options, pixel_clean_rules=pixel_clean_rules)
-    pixels = PixelPipeline(size=tensor_size)
     seen_uids: set[str] = set()
     with SiteStore.open_or_create(site_dir, keys) as store, quiet_pydicom():
         store.collect_orphans()
+        prepare = _Preparer(labels, store.has_source, keys.site_secret, tensor_size,
+                            Deidentifier(site_secret=keys.site_secret, options=options,
+                                         pixel_clean_rules=pixel_clean_rules))
         pending = 0
-        for index, path in enumerate(files, start=1):
-            outcome = _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys)
-            if outcome == "ingested":
-                summary.ingested += 1
-                pending += 1
-            elif outcome == "already-in-store":
-                summary.already_in_store += 1
-            elif outcome.startswith("quarantine:"):
-                summary.quarantined[outcome.split(":", 1)[1]] += 1
-            else:
-                summary.rejected[outcome] += 1
-            if pending >= COMMIT_EVERY:
-                store.commit()
-                pending = 0
-            if progress:
-                progress(index, len(files))
-        store.commit()
+        try:
+            for index, prepared in enumerate(ordered_map(prepare, files, min(workers, len(files))), start=1):
+                if prepared.labelled_uid:
+                    seen_uids.add(prepared.labelled_uid)
+                outcome = _store(prepared, store)
+                if outcome == "ingested":
+                    summary.ingested += 1
+                    pending += 1
+                elif outcome == "already-in-store":
+                    summary.already_in_store += 1
+                elif outcome.startswith("quarantine:"):
+                    summary.quarantined[outcome.split(":", 1)[1]] += 1
+                else:
+                    summary.rejected[outcome] += 1
+                if pending >= COMMIT_EVERY:
+                    store.commit()
+                    pending = 0
+                if progress:
+                    progress(index, len(files))
+        finally:
+            store.commit()  # what was ingested before an error (a worker crash) is kept
     summary.labels_without_image = len(set(labels) - seen_uids)
     summary.seconds = time.perf_counter() - started
     _write_report(site_dir, summary)
     return summary
 
 
-def _ingest_one(path, store, labels, seen_uids, deidentify, pixels, keys) -> str:
-    """Ingest one file; returns "ingested", "already-in-store", "quarantine:<reason>" or a rejection reason."""
-    data = path.read_bytes()
-    source_key = hmac.new(keys.site_secret, b"source:" + hashlib.sha256(data).digest(), "sha256").hexdigest()
-    try:
-        dataset = load_dataset(data)
-    except ImageRefused as refused:
-        return refused.reason
-    uid = str(dataset.get("SOPInstanceUID", "") or "")
-    if uid in labels:
-        seen_uids.add(uid)
-    if store.has_source(source_key):
+@dataclass(frozen=True)
+class _Prepared:
+    """One file, read, de-identified and preprocessed, ready to encrypt; or why not."""
+
+    outcome: str  # "ingested" (ready), "already-in-store", "quarantine:<reason>" or a rejection
+    labelled_uid: str | None = None  # the original SOPInstanceUID when the labels name it (memory only)
+    source_key: str = ""
+    image: dict | None = None  # SiteStore.add_image's other arguments
+
+
+class _Preparer:
+    """The per-file work that needs no store key: runs in ingest workers (client.ingest_pool)."""
+
+    def __init__(self, labels, is_stored, site_secret: bytes, tensor_size: int, deidentify) -> None:
+        self._labels, self._is_stored, self._secret = labels, is_stored, site_secret
+        self._deidentify, self._pixels = deidentify, PixelPipeline(size=tensor_size)
+
+    def __call__(self, path: Path) -> _Prepared:
+        data = path.read_bytes()
+        source_key = hmac.new(self._secret, b"source:" + hashlib.sha256(data).digest(), "sha256").hexdigest()
+        try:
+            dataset = load_dataset(data)
+        except ImageRefused as refused:
+            return _Prepared(refused.reason)
+        uid = str(dataset.get("SOPInstanceUID", "") or "")
+        labelled = uid if uid in self._labels else None
+        if self._is_stored(source_key):
+            return _Prepared("already-in-store", labelled)
+        if labelled is None:
+            return _Prepared("no-label")
+        try:
+            result = self._deidentify(dataset, in_place=True)  # the original dataset is not used again
+        except Exception:  # noqa: BLE001 - a file that breaks de-identification is never stored
+            return _Prepared("deidentification-failed", labelled)
+        if not result.admissible:
+            return _Prepared(f"quarantine:{result.quarantine}", labelled)
+        try:
+            tensor = self._pixels(result.dataset)
+        except ImageRefused as refused:
+            return _Prepared(refused.reason, labelled)
+        deidentified = result.dataset
+        return _Prepared("ingested", labelled, source_key, {
+            "dicom": encode(deidentified),
+            "tensor": tensor.astype("float16"),
+            "patient_key": result.patient_key,
+            "label": self._labels[uid],
+            "meta": {
+                "modality": str(deidentified.get("Modality", "")),
+                "manufacturer": str(deidentified.get("Manufacturer", "")),
+                "rows": int(deidentified.get("Rows", 0) or 0),
+                "columns": int(deidentified.get("Columns", 0) or 0),
+            },
+        })
+
+
+def _store(prepared: _Prepared, store: SiteStore) -> str:
+    """Encrypt a prepared image into the store (a copy of one stored this run: already in store)."""
+    if prepared.outcome != "ingested":
+        return prepared.outcome
+    if store.has_source(prepared.source_key):
         return "already-in-store"
-    if uid not in labels:
-        return "no-label"
-    try:
-        result = deidentify(dataset, in_place=True)  # the original dataset is not used again
-    except Exception:  # noqa: BLE001 - a file that breaks de-identification is never stored
-        return "deidentification-failed"
-    if not result.admissible:
-        return f"quarantine:{result.quarantine}"
-    try:
-        tensor = pixels(result.dataset)
-    except ImageRefused as refused:
-        return refused.reason
-    store.add_image(
-        source_key=source_key,
-        dicom=encode(result.dataset),
-        tensor=tensor.astype("float16"),
-        patient_key=result.patient_key,
-        label=labels[uid],
-        meta={
-            "modality": str(result.dataset.get("Modality", "")),
-            "manufacturer": str(result.dataset.get("Manufacturer", "")),
-            "rows": int(result.dataset.get("Rows", 0) or 0),
-            "columns": int(result.dataset.get("Columns", 0) or 0),
-        },
-    )
+    store.add_image(source_key=prepared.source_key, **prepared.image)
     return "ingested"
 
 

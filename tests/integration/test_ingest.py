@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from client.ingest import ingest
-from client.keys import init_keys
+from client.keys import init_keys, load_keys
 from client.labels import LabelsError
 from client.sitedata import NoSiteData, load_site_data
 from client.store import SiteStore
@@ -101,7 +101,8 @@ def test_the_whole_pydicom_corpus_is_ingested_quarantined_or_rejected(tmp_path):
         target = corpus / f"{index:03d}" / path.name
         target.parent.mkdir(parents=True)
         shutil.copy(path, target)
-    summary = ingest(tmp_path / "site", corpus, labels, keys=init_keys(tmp_path / "site"), tensor_size=32)
+    keys = init_keys(tmp_path / "site")
+    summary = ingest(tmp_path / "site", corpus, labels, keys=keys, tensor_size=32, workers=2)
     print("corpus ingest:", summary.to_dict())
     outcomes = summary.ingested + sum(summary.quarantined.values()) + sum(summary.rejected.values())
     assert outcomes + summary.already_in_store == len(files)
@@ -109,3 +110,17 @@ def test_the_whole_pydicom_corpus_is_ingested_quarantined_or_rejected(tmp_path):
     assert summary.quarantined["ultrasound"] > 0
     assert {"not-dicom", "no-pixel-data", "corrupt"} <= set(summary.rejected)
     assert all(reason.replace("-", "").isalpha() for reason in summary.rejected)
+
+    # one process stores exactly what the workers stored: same outcomes, same bytes
+    shutil.copytree(tmp_path / "site" / "keys", tmp_path / "one-process" / "keys")
+    alone = ingest(tmp_path / "one-process", corpus, labels, keys=load_keys(tmp_path / "one-process"),
+                   tensor_size=32, workers=1)
+    assert {**alone.to_dict(), "seconds": 0} == {**summary.to_dict(), "seconds": 0}
+    assert _stored(tmp_path / "one-process", keys) == _stored(tmp_path / "site", keys)
+
+
+def _stored(site_dir: Path, keys) -> list[tuple]:
+    """Every stored image, in ingest order, without its random image id."""
+    store = SiteStore.open(site_dir, keys)
+    return [(r.patient_key, r.label, dict(r.meta), hashlib.sha256(store.read_dicom(r.image_id)).hexdigest(),
+             store.read_tensor(r.image_id).tobytes()) for r in store.records()]

@@ -824,6 +824,20 @@ def test_an_invalid_deid_policy_is_one_error_naming_each_setting(tmp_path, hospi
     assert not (site_dir / "store").exists() and not (site_dir / "reports").exists()
 
 
+def _running_in_group(group: int) -> list[int]:
+    """Processes of a process group that are not zombies (from /proc: state and pgrp)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_a_killed_ingest_resumes_without_duplicates_and_collects_orphans(tmp_path):
     export = tmp_path / "hospital"
     write_hospital(export, site_index=3, seed=7, patients=45)
@@ -834,9 +848,10 @@ def test_a_killed_ingest_resumes_without_duplicates_and_collects_orphans(tmp_pat
     objects = site_dir / "store" / "objects"
     kill_at = 2 * (COMMIT_EVERY + 4)  # past the first commit, before the end
     command = [sys.executable, "-c", "from client.cli import main; main()", "ingest", "--site-dir", str(site_dir),
-               "--dicom", str(export / "dicom"), "--labels", str(export / "labels.csv"), "--tensor-size", "32"]
+               "--dicom", str(export / "dicom"), "--labels", str(export / "labels.csv"), "--tensor-size", "32",
+               "--workers", "2"]
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
@@ -844,10 +859,15 @@ def test_a_killed_ingest_resumes_without_duplicates_and_collects_orphans(tmp_pat
                 break
             time.sleep(0.005)
         assert process.poll() is None, "ingest ended before it could be killed"
+        assert len(_running_in_group(process.pid)) == 3  # the ingest and its two workers
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while _running_in_group(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running_in_group(process.pid) == []  # the workers died with the ingest
 
     store = SiteStore.open(site_dir, keys)
     assert len(store.records()) == COMMIT_EVERY  # the committed batch survives
