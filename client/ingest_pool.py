@@ -2,11 +2,11 @@
 
 Workers are forked from the ingest (Linux and macOS: ``fork``; elsewhere one process),
 so they share the de-identifier, pixel pipeline and labels without pickling them and
-start in milliseconds. They hold the site secret (UID and patient-key HMACs) in memory,
-never the key-encryption key: encrypting and writing the store stays in the parent, the
-single writer. At most ``WINDOW_PER_WORKER`` files per worker are in flight, so memory
-does not grow with the number of files. On Linux each worker dies with its parent
-(``PR_SET_PDEATHSIG``), so a killed ingest leaves no worker behind holding the store.
+start in milliseconds. A fork copies the parent's memory, keys included; the workers use
+only the site secret (UID and patient-key HMACs): encrypting and writing the store stays
+in the parent, the single writer. At most ``WINDOW_PER_WORKER`` files per worker are in
+flight, so memory does not grow with the number of files. On Linux each worker dies with
+its parent (``PR_SET_PDEATHSIG``), so a killed ingest leaves no worker behind.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Ingest real files: synthetic hospitals and pydicom's whole test corpus."""
 import csv
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from client.ingest import ingest
+from client.ingest_pool import WorkerDied
 from client.keys import init_keys, load_keys
 from client.labels import LabelsError
 from client.sitedata import NoSiteData, load_site_data
@@ -124,3 +126,27 @@ def _stored(site_dir: Path, keys) -> list[tuple]:
     store = SiteStore.open(site_dir, keys)
     return [(r.patient_key, r.label, dict(r.meta), hashlib.sha256(store.read_dicom(r.image_id)).hexdigest(),
              store.read_tensor(r.image_id).tobytes()) for r in store.records()]
+
+
+def test_a_crashing_worker_stops_the_ingest_with_what_came_before_committed(tmp_path, small_export, monkeypatch):
+    files = sorted((small_export / "dicom").rglob("*.dcm"))
+    victim = files[len(files) // 2].read_bytes()
+    real_dcmread = pydicom.dcmread
+
+    def crashing_dcmread(source, *args, **kwargs):  # a decoder that crashes its process on one file
+        if hasattr(source, "getvalue") and source.getvalue() == victim:
+            os._exit(70)
+        return real_dcmread(source, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", crashing_dcmread)  # forked workers inherit it
+    keys = init_keys(tmp_path / "site")
+    with pytest.raises(WorkerDied, match="run the ingest again to resume"):
+        ingest(tmp_path / "site", small_export / "dicom", small_export / "labels.csv", keys=keys, workers=2)
+    store = SiteStore.open(tmp_path / "site", keys)
+    kept = len(store.records())
+    assert kept < len(files) // 2 + 1 and store.verify() == []  # committed whole, no orphan
+
+    monkeypatch.setattr(pydicom, "dcmread", real_dcmread)
+    again = ingest(tmp_path / "site", small_export / "dicom", small_export / "labels.csv", keys=keys, workers=2)
+    assert (again.already_in_store, again.ingested) == (kept, len(files) - kept)
+    assert len(SiteStore.open(tmp_path / "site", keys).records()) == len(files)
