@@ -6,7 +6,7 @@ and each setting runs on its own hard-linked copy of them, so each ledger starts
 the reported epsilon is that run's. Writes a table and an SVG plot.
 
     .venv/bin/python benchmarks/privacy_utility.py [--rounds 10] [--local-epochs 2] [--epsilons 1 2 4 8] \
-        [--patients 0] [--batch-size 32] [--learning-rate 0.002] [--dp-learning-rate 0]
+        [--patients 0] [--batch-size 32] [--learning-rate 0.002] [--dp-learning-rate 0] [--model-width 16]
 
 `--patients N` gives every site N patients (0: each synthetic hospital's own 60-120);
 `--batch-size` is the expected patients per DP-SGD step (and the non-private batch).
@@ -27,7 +27,7 @@ def run(epsilon: float | None, args, work: Path) -> dict:
               "run-name": name, "runs-dir": work / "runs",
               "sim-cache-dir": fresh_copy(built_sites(args.seed, args.patients), work / f"cache-{name}"),
               "privacy": "none" if epsilon is None else "dp", "target-epsilon": epsilon or 8.0,
-              "sim-patients": args.patients, "batch-size": args.batch_size,
+              "sim-patients": args.patients, "batch-size": args.batch_size, "model-width": args.model_width,
               "learning-rate": args.learning_rate if epsilon is None else args.dp_learning_rate or args.learning_rate}
     with LocalSimulation(REPO, work_dir=work / f"sim-{name}") as simulation:
         outcome = simulation.run(sites=4, run_config=config, capture=True)
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--dp-learning-rate", type=float, default=0.0,
                         help="learning rate of the DP runs (0: --learning-rate); DP's noisy gradients "
                              "often want a larger step")
+    parser.add_argument("--model-width", type=int, default=16, help="the run's model-width (16: the app's default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(None, args, Path(tmp))] + [run(e, args, Path(tmp)) for e in args.epsilons]

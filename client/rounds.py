@@ -54,7 +54,7 @@ def _prepare(msg: Message, context: Context):
     site = resolve_site(context.node_config, context.run_config)
     check_app_allowed(site.site_dir, context.node_config)  # before any work for the app
     data = cached_site_data(site.site_dir, site.store, settings.image_size)
-    model = build_model(settings.image_size)
+    model = build_model(settings.image_size, width=settings.model_width)
     load_record(model, msg.content[wire.ARRAYS])
     return settings, site, data, model
 

@@ -19,6 +19,7 @@ ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum")
 PRIVACY_MODES = ("dp", "none")
 CLIENT_DP_MODES = ("none", "fixed", "adaptive")
 AGGREGATIONS = ("secagg+", "plain")
+MODEL_WIDTHS = (4, 32)  # smallest and largest model-width (multiples of 4)
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,7 @@ class TrainSettings:
     batch_size: int = 32
     learning_rate: float = 0.002
     image_size: int = 64
+    model_width: int = 16
     proximal_mu: float = 0.0
     seed: int = 0
     rounds: int = 1
@@ -72,6 +74,7 @@ class RunConfig:
     batch_size: int = 32
     learning_rate: float = 0.002
     image_size: int = 64
+    model_width: int = 16
     min_sites: int = 2
     seed: int = 0
     proximal_mu: float = 0.01
@@ -139,6 +142,10 @@ class RunConfig:
         for name in ("learning_rate", "server_learning_rate", "round_timeout", "wait_for_sites"):
             if not getattr(self, name) > 0:
                 problems.append(f"'{name.replace('_', '-')}' must be positive: set a value > 0")
+        if not (MODEL_WIDTHS[0] <= self.model_width <= MODEL_WIDTHS[1] and self.model_width % 4 == 0):
+            problems.append(f"'model-width' is {self.model_width} but must be a multiple of 4 from "
+                            f"{MODEL_WIDTHS[0]} to {MODEL_WIDTHS[1]} (the channels of the first layer): e.g. "
+                            "16 (the default), or 4 or 8 for a smaller model, which loses less to DP noise")
         if not 0 <= self.fraction_evaluate <= 1:
             problems.append("'fraction-evaluate' is the share of sites asked to evaluate each round and must be "
                             "in [0, 1]: e.g. 1.0 (every site), or 0 to skip the sites' evaluation")
@@ -212,6 +219,7 @@ class RunConfig:
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
             image_size=self.image_size,
+            model_width=self.model_width,
             proximal_mu=self.proximal_mu if self.strategy == "fedprox" else 0.0,
             seed=self.seed,
             rounds=self.rounds,

@@ -193,7 +193,7 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
     run_dir = Path(config.runs_dir).expanduser().resolve() / config.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     strategy = build_strategy(config)
-    weights = plain_state_dict(build_model(config.image_size, seed=config.seed))
+    weights = plain_state_dict(build_model(config.image_size, width=config.model_width, seed=config.seed))
     history: list[dict] = []
     if config.resume_from:
         checkpoint = load_checkpoint(Path(config.resume_from).expanduser())
@@ -202,7 +202,7 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
                                   f"'rounds' above it to train further")
         if set(checkpoint.weights) != set(weights) or any(
                 checkpoint.weights[k].shape != weights[k].shape for k in weights):
-            raise FederationError("the checkpoint holds a different model (another image-size or version): "
+            raise FederationError("the checkpoint holds a different model (another model-width or version): "
                                   "resume with the run config it was made with (see its round-NNNN.json)")
         # In the model's own order: Flower's clipping mods compare array names in order.
         weights, history = {k: checkpoint.weights[k] for k in weights}, checkpoint.history
@@ -213,7 +213,8 @@ def run_federation(config: RunConfig, grid: Grid, *, say: Callable[[str], None] 
     heldout = None
     if config.heldout_eval:
         heldout = HeldOutSite(Path(config.sim_cache_dir).expanduser(), seed=config.seed,
-                              patients=config.sim_patients, image_size=config.image_size)
+                              patients=config.sim_patients, image_size=config.image_size,
+                              model_width=config.model_width)
     names: dict[int, str] = {}
     first_round = len(history) + 1
     for server_round in range(first_round, config.rounds + 1):

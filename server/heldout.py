@@ -40,7 +40,7 @@ def ensure_heldout_export(cache_dir: Path, seed: int, patients: int) -> Path:
 class HeldOutSite:
     """The held-out hospital's images as tensors, ready to evaluate global models."""
 
-    def __init__(self, cache_dir: Path, *, seed: int, patients: int, image_size: int) -> None:
+    def __init__(self, cache_dir: Path, *, seed: int, patients: int, image_size: int, model_width: int = 16) -> None:
         export = ensure_heldout_export(cache_dir, seed, patients)
         with open(export / "labels.csv", newline="", encoding="utf-8") as handle:
             labels = {row["SOPInstanceUID"]: int(row["finding"]) for row in csv.DictReader(handle)}
@@ -50,11 +50,11 @@ class HeldOutSite:
             dataset = load_dataset(path)
             images.append(torch.from_numpy(pipeline(dataset))[None])
             targets.append(labels[str(dataset.SOPInstanceUID)])
-        self.image_size = image_size
+        self.image_size, self.model_width = image_size, model_width
         self.images = torch.stack(images)
         self.labels = torch.tensor(targets, dtype=torch.int64)
 
     def evaluate(self, weights: dict[str, torch.Tensor]) -> EvalResult:
-        model = build_model(self.image_size)
+        model = build_model(self.image_size, width=self.model_width)
         model.load_state_dict(weights, strict=True)
         return evaluate(model, self.images, self.labels)

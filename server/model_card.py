@@ -23,7 +23,7 @@ def _num(value, digits: int = 3) -> str:
 
 def render_model_card(config: RunConfig, history: list[dict]) -> str:
     last = history[-1] if history else {}
-    parameters = sum(p.numel() for p in build_model(config.image_size).parameters())
+    parameters = sum(p.numel() for p in build_model(config.image_size, width=config.model_width).parameters())
     private = config.privacy == "dp"
     lines = [
         f"# Model card: {config.run_name}",
@@ -34,7 +34,7 @@ def render_model_card(config: RunConfig, history: list[dict]) -> str:
         "patient together).",
         "",
         "## Model",
-        f"- RadiographNet (small ResNet, GroupNorm), {parameters:,} parameters, input {config.image_size}x"
+        f"- RadiographNet (small ResNet, GroupNorm), width {config.model_width}, {parameters:,} parameters, input {config.image_size}x"
         f"{config.image_size} single-channel, output the probability of a finding (nodule or opacity).",
         "",
         "## Data and sites",

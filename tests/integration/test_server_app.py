@@ -11,8 +11,11 @@ from flwr.app import Context, RecordDict
 from safetensors.numpy import load_file
 
 from client.virtual_site import ensure_virtual_site
+from common.model import build_model
 from common.config import ConfigError
 from server.app import main
+from server.checkpoints import load_checkpoint
+from server.federation import FederationError
 from tests.integration.sites_in_process import SitesInProcess
 
 TINY = {"image-size": 16, "local-epochs": 1, "batch-size": 4, "sim-patients": 16, "seed": 3,
@@ -93,3 +96,22 @@ def test_fedadam_with_client_level_dp_resumes_exactly_from_a_checkpoint(tmp_path
     assert lines[0] == json.loads((first_dir / "metrics.jsonl").read_text().splitlines()[0])
     state = load_file(str(second_dir / "checkpoints" / "round-0002.strategy.safetensors"))
     assert "client-dp/clipping-norm" in state and any(k.startswith("v_t/") for k in state)
+
+
+@pytest.mark.timeout(240)
+def test_a_smaller_model_width_reaches_the_sites_the_held_out_site_and_the_model_card(tmp_path):
+    run_config = dict(TINY, rounds=1, **{"model-width": 8, "heldout-eval": True, "runs-dir": str(tmp_path / "runs"),
+                                         "sim-cache-dir": str(tmp_path / "cache"), "run-name": "narrow"})
+    main(SitesInProcess(2, run_config), _context(run_config))
+    run_dir = tmp_path / "runs" / "narrow"
+    (line,) = [json.loads(text) for text in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert line["failures"] == [] and line["evaluate"] is not None
+    assert load_checkpoint(run_dir / "checkpoints" / "round-0001.json").weights["stem.0.weight"].shape[0] == 8
+    card = (run_dir / "model_card.md").read_text()
+    parameters = sum(p.numel() for p in build_model(16, width=8).parameters())
+    assert f"width 8, {parameters:,} parameters" in card
+
+    wider = dict(run_config, rounds=2, **{"model-width": 16, "run-name": "wider",
+                                          "resume-from": str(run_dir / "checkpoints" / "round-0001.json")})
+    with pytest.raises(FederationError, match="another model-width"):
+        main(SitesInProcess(2, wider), _context(wider))

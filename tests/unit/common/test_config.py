@@ -14,6 +14,8 @@ def test_defaults_validate_and_dash_names_round_trip():
     ({"rounds": -1}, "'rounds' is -1"),
     ({"sites": 2, "min-sites": 3}, "'min-sites' (3) exceeds 'sites' (2)"),
     ({"image-size": 8}, "'image-size' is 8"),
+    ({"model-width": 6}, "'model-width' is 6 but must be a multiple of 4 from 4 to 32"),
+    ({"model-width": 36}, "'model-width' is 36"),
     ({"rounds": "five"}, "'rounds' must be of type int"),
     ({"round": 3}, "unknown setting 'round'"),
     ({"fraction-evaluate": 1.5}, "'fraction-evaluate' is the share of sites"),

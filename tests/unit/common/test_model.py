@@ -46,6 +46,17 @@ def test_too_small_image_size_is_refused():
         build_model(8)
 
 
+@pytest.mark.parametrize("width", [0, 6, 36])
+def test_unsupported_widths_are_refused(width):
+    with pytest.raises(ValueError, match="model-width 16"):
+        build_model(32, width=width)
+
+
+def test_every_supported_width_builds_and_predicts():
+    for width in range(4, 33, 4):
+        assert build_model(16, width=width)(torch.zeros(2, 1, 16, 16)).shape == (2,)
+
+
 def test_model_learns_a_simple_pattern():
     torch.manual_seed(0)
     images = torch.rand(64, 1, 32, 32) * 0.2
