@@ -11,7 +11,7 @@ The sites are built once per (seed, patients) under `.fedrad-cache/bench-sites/`
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/dp_model_width.py [--widths 16 8] \
         [--patients 300] [--batch-size 64] [--rounds 10] [--dp-learning-rate 0.002] [--max-grad-norm 1] \
-        [--average-last 1] [--per-round] [--seed 0]
+        [--average-last 1] [--per-round] [--seed 0] [--model-seed S]
 """
 from __future__ import annotations
 
@@ -40,13 +40,14 @@ SIZE = 64
 def federated_auc(sites, held, args, *, width: int, private: bool) -> tuple[float, float]:
     """Held-out AUC of the last round's global model, and of the average of the last
     `--average-last` rounds' global models (post-processing: no privacy cost)."""
-    start = build_model(SIZE, width=width, seed=args.seed).state_dict()
+    model_seed = args.seed if args.model_seed is None else args.model_seed
+    start = build_model(SIZE, width=width, seed=model_seed).state_dict()
     global_state = start
     history = []
     for server_round in range(1, args.rounds + 1):
         states, weights = [], []
         for index, data in enumerate(sites):
-            model = build_model(SIZE, width=width, seed=args.seed)
+            model = build_model(SIZE, width=width)
             model.load_state_dict(global_state)
             lr = args.dp_learning_rate if private else args.learning_rate
             settings = TrainSettings(image_size=SIZE, local_epochs=args.local_epochs, batch_size=args.batch_size,
@@ -94,7 +95,9 @@ def main() -> None:
     parser.add_argument("--average-last", type=int, default=1,
                         help="also score the average of the last K rounds' global models")
     parser.add_argument("--per-round", action="store_true", help="print the held-out AUC after every round")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="hospitals, initial weights and training draws")
+    parser.add_argument("--model-seed", type=int, default=None,
+                        help="initial weights only (default: --seed), to tell the data's part from the start's")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
