@@ -22,6 +22,11 @@ AGGREGATIONS = ("secagg+", "plain")
 MODEL_WIDTHS = (4, 32)  # smallest and largest model-width (multiples of 4)
 
 
+def is_model_width(width: int) -> bool:
+    """Whether the CNN can be built at this width (its GroupNorms divide every layer's channels)."""
+    return MODEL_WIDTHS[0] <= width <= MODEL_WIDTHS[1] and width % 4 == 0
+
+
 class ConfigError(ValueError):
     """One or more settings are invalid; the message lists each with its fix."""
 
@@ -142,7 +147,7 @@ class RunConfig:
         for name in ("learning_rate", "server_learning_rate", "round_timeout", "wait_for_sites"):
             if not getattr(self, name) > 0:
                 problems.append(f"'{name.replace('_', '-')}' must be positive: set a value > 0")
-        if not (MODEL_WIDTHS[0] <= self.model_width <= MODEL_WIDTHS[1] and self.model_width % 4 == 0):
+        if not is_model_width(self.model_width):
             problems.append(f"'model-width' is {self.model_width} but must be a multiple of 4 from "
                             f"{MODEL_WIDTHS[0]} to {MODEL_WIDTHS[1]} (the channels of the first layer): e.g. "
                             "16 (the default), or 4 or 8 for a smaller model, which loses less to DP noise")

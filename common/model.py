@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.config import MODEL_WIDTHS
+from common.config import MODEL_WIDTHS, is_model_width
 
 DEFAULT_IMAGE_SIZE = 64
 MIN_IMAGE_SIZE = 16
@@ -68,7 +68,7 @@ class RadiographNet(nn.Module):
 
 def build_model(image_size: int = DEFAULT_IMAGE_SIZE, *, width: int = 16, seed: int = 0) -> RadiographNet:
     """A freshly initialised model for square images of `image_size` pixels (seeded)."""
-    if not (MODEL_WIDTHS[0] <= width <= MODEL_WIDTHS[1] and width % 4 == 0):
+    if not is_model_width(width):
         raise ValueError(f"model width {width} is outside the supported widths (multiples of 4 from "
                          f"{MODEL_WIDTHS[0]} to {MODEL_WIDTHS[1]}); choose model-width 16 (the default), 8 or 4")
     if image_size < MIN_IMAGE_SIZE:
