@@ -75,6 +75,7 @@ from tests.integration.test_ingest_leak import (  # noqa: E402
     ValueSearch, collect_values, decrypted_blobs, tree_blobs)
 
 TOOLS = ("pydicom", "dicognito", "fedrad", "fedrad-deid-encrypt", "fedrad-workers", "fedrad-deid-encrypt-workers")
+FEDRAD_TOOLS = tuple(tool for tool in TOOLS if tool.startswith("fedrad"))
 TARGETS = {"dicognito": 1.2, "pydicom": 0.7}  # fedrad's throughput / the peer's
 MEMORY_SIZES = (250, 500, 1000, 2000)
 _MEMORY_CHILD = r"""
@@ -251,7 +252,7 @@ def measure(name: str, files: list[Path], folder: Path, labels: Path, work: Path
                       "files_per_s": round(len(files) / median, 1), "mb_per_s": round(megabytes / median, 1),
                       "ms_per_file": round(1000 * median / len(files), 2)}
     ratios = {f"{ours}/{peer}": _ratio(seconds[peer], seconds[ours])
-              for ours in TOOLS if ours.startswith("fedrad") for peer in ("dicognito", "pydicom")}
+              for ours in FEDRAD_TOOLS for peer in ("dicognito", "pydicom")}
     return {"files": len(files), "megabytes": round(megabytes, 1), "tools": rows, "ratios": ratios,
             "leaks": leaks(files, outputs)}
 
@@ -331,11 +332,11 @@ def main() -> None:
     started = time.perf_counter()
     try:
         print("preparing data ...", flush=True)
-        corpus_folder, corpus_labels, excluded = corpus_set(work)
-        corpus_files = sorted(corpus_folder.rglob("*.dcm"))
         synth_folder, synth_labels, synth_files = synthetic_set(work, args.images)
         results = {}
         if not args.memory_only:
+            corpus_folder, corpus_labels, excluded = corpus_set(work)
+            corpus_files = sorted(corpus_folder.rglob("*.dcm"))
             # warm-up: imports, first-call initialisation of torch and pydicom's handlers
             measure("warmup", corpus_files[:5], _subset_of(work, corpus_files[:5]), corpus_labels, work, 1,
                     args.workers)
@@ -346,7 +347,7 @@ def main() -> None:
             results["synthetic"] = measure("synthetic", synth_files, synth_folder, synth_labels, work,
                                            max(1, args.repeats - 1), args.workers)
         hospital = work / f"hospital-{args.images}"
-        results["memory"] = [row for workers in (1, args.workers)
+        results["memory"] = [row for workers in sorted({1, args.workers})
                              for row in memory(work, synth_files, synth_labels, hospital, workers)]
     finally:
         if args.work is None:
@@ -354,13 +355,14 @@ def main() -> None:
     targets = {}
     for data_set in (name for name in ("corpus", "synthetic") if name in results):
         for peer, target in TARGETS.items():
-            for ours in (tool for tool in TOOLS if tool.startswith("fedrad")):
+            for ours in FEDRAD_TOOLS:
                 measured = results[data_set]["ratios"][f"{ours}/{peer}"]
                 targets[f"{data_set}: {ours}/{peer} >= {target}"] = {"measured": measured, "met": measured >= target}
-        for ours in (tool for tool in TOOLS if tool.startswith("fedrad")):
+        for ours in FEDRAD_TOOLS:
             leaked = results[data_set]["leaks"][ours]["leaked_values"]
             targets[f"{data_set}: {ours} leaked values == 0"] = {"measured": leaked, "met": leaked == 0}
-    for workers, key in ((1, "peak_rss_mb"), (args.workers, "peak_rss_mb"), (args.workers, "worker_peak_rss_mb")):
+    for workers, key in sorted({(1, "peak_rss_mb"), (args.workers, "peak_rss_mb"),
+                                (args.workers, "worker_peak_rss_mb")}):
         peaks = [row[key] for row in results["memory"] if row["workers"] == workers and row[key] is not None]
         if peaks:
             growth = peaks[-1] / peaks[0]
