@@ -104,8 +104,8 @@ def ingest(
     labels: Annotated[Path, typer.Option("--labels", help="CSV with columns SOPInstanceUID,finding.")],
     tensor_size: Annotated[int, typer.Option("--tensor-size", min=16, help="Side of the stored training tensors.")] = 128,
     workers: Annotated[int, typer.Option(
-        "--workers", min=0, help="Processes that read and de-identify files (0: one per CPU; 1: all in this "
-                                 "process). This process alone encrypts and writes the store.")] = 0,
+        "--workers", min=0, help="Processes that read, de-identify and encrypt files (0: one per CPU; 1: all "
+                                 "in this process). This process alone commits them to the store's manifest.")] = 0,
     passphrase_env: Passphrase = None,
 ) -> None:
     """De-identify, quarantine what cannot be made safe, and encrypt into the site store.

@@ -27,6 +27,7 @@ from client.ingest_pool import ordered_map
 from client.keys import SiteKeys
 from client.labels import read_labels
 from client.store import SiteStore
+from client.store.manifest import SealedImage
 from common.pixels import ImageRefused, PixelPipeline, load_dataset
 
 DEFAULT_TENSOR_SIZE = 128
@@ -83,8 +84,9 @@ def ingest(
 
     `options` and `pixel_clean_rules` left as None are read from the site policy; an
     invalid policy raises one PolicyError (TOML) or DeidConfigError ([deid]) before any
-    file is read. `workers` > 1 reads, de-identifies and preprocesses files in that many
-    forked processes (client.ingest_pool); this process encrypts and writes the store.
+    file is read. `workers` > 1 reads, de-identifies, preprocesses and seals (encrypts and
+    writes the objects of) files in that many forked processes (client.ingest_pool); this
+    process alone adds them to the manifest and commits.
     """
     started = time.perf_counter()
     if workers < 1:
@@ -102,12 +104,13 @@ def ingest(
     seen_uids: set[str] = set()
     with SiteStore.open_or_create(site_dir, keys) as store, quiet_pydicom():
         store.collect_orphans()
-        prepare = _Preparer(labels, store.has_source, keys.site_secret, tensor_size,
+        prepare = _Preparer(labels, store.has_source, store.seal_image, keys.site_secret, tensor_size,
                             Deidentifier(site_secret=keys.site_secret, options=options,
                                          pixel_clean_rules=pixel_clean_rules))
         pending = 0
+        prepared_files = ordered_map(prepare, files, min(workers, len(files)))
         try:
-            for index, prepared in enumerate(ordered_map(prepare, files, min(workers, len(files))), start=1):
+            for index, prepared in enumerate(prepared_files, start=1):
                 if prepared.labelled_uid:
                     seen_uids.add(prepared.labelled_uid)
                 outcome = _store(prepared, store)
@@ -125,8 +128,12 @@ def ingest(
                     pending = 0
                 if progress:
                     progress(index, len(files))
-        finally:
-            store.commit()  # what was ingested before an error (a worker crash) is kept
+        except BaseException:
+            prepared_files.close()  # the workers finish or are gone: none is still writing
+            store.commit()  # what was ingested before the error (a worker crash) is kept,
+            store.collect_orphans()  # what was sealed after it is removed
+            raise
+        store.commit()
     summary.labels_without_image = len(set(labels) - seen_uids)
     summary.seconds = time.perf_counter() - started
     _write_report(site_dir, summary)
@@ -135,19 +142,20 @@ def ingest(
 
 @dataclass(frozen=True)
 class _Prepared:
-    """One file, read, de-identified and preprocessed, ready to encrypt; or why not."""
+    """One file, read, de-identified, preprocessed and sealed into the store's objects, ready
+    to be named by the manifest; or why not."""
 
-    outcome: str  # "ingested" (ready), "already-in-store", "quarantine:<reason>" or a rejection
+    outcome: str  # "ingested" (sealed), "already-in-store", "quarantine:<reason>" or a rejection
     labelled_uid: str | None = None  # the original SOPInstanceUID when the labels name it (memory only)
     source_key: str = ""
-    image: dict | None = None  # SiteStore.add_image's other arguments
+    sealed: SealedImage | None = None
 
 
 class _Preparer:
-    """The per-file work that needs no store key: runs in ingest workers (client.ingest_pool)."""
+    """The per-file work up to the sealed objects: runs in ingest workers (client.ingest_pool)."""
 
-    def __init__(self, labels, is_stored, site_secret: bytes, tensor_size: int, deidentify) -> None:
-        self._labels, self._is_stored, self._secret = labels, is_stored, site_secret
+    def __init__(self, labels, is_stored, seal, site_secret: bytes, tensor_size: int, deidentify) -> None:
+        self._labels, self._is_stored, self._seal, self._secret = labels, is_stored, seal, site_secret
         self._deidentify, self._pixels = deidentify, PixelPipeline(size=tensor_size)
 
     def __call__(self, path: Path) -> _Prepared:
@@ -174,27 +182,28 @@ class _Preparer:
         except ImageRefused as refused:
             return _Prepared(refused.reason, labelled)
         deidentified = result.dataset
-        return _Prepared("ingested", labelled, source_key, {
-            "dicom": encode(deidentified),
-            "tensor": tensor.astype("float16"),
-            "patient_key": result.patient_key,
-            "label": self._labels[uid],
-            "meta": {
+        return _Prepared("ingested", labelled, source_key, self._seal(
+            dicom=encode(deidentified),
+            tensor=tensor.astype("float16"),
+            patient_key=result.patient_key,
+            label=self._labels[uid],
+            meta={
                 "modality": str(deidentified.get("Modality", "")),
                 "manufacturer": str(deidentified.get("Manufacturer", "")),
                 "rows": int(deidentified.get("Rows", 0) or 0),
                 "columns": int(deidentified.get("Columns", 0) or 0),
             },
-        })
+        ))
 
 
 def _store(prepared: _Prepared, store: SiteStore) -> str:
-    """Encrypt a prepared image into the store (a copy of one stored this run: already in store)."""
+    """Add a sealed image to the store (a copy of one stored this run: already in store)."""
     if prepared.outcome != "ingested":
         return prepared.outcome
     if store.has_source(prepared.source_key):
+        store.discard_sealed(prepared.sealed)
         return "already-in-store"
-    store.add_image(source_key=prepared.source_key, **prepared.image)
+    store.add_sealed(prepared.source_key, prepared.sealed)
     return "ingested"
 
 

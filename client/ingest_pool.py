@@ -1,12 +1,13 @@
 """Run ingest's per-file work in worker processes, results in input order.
 
 Workers are forked from the ingest (Linux and macOS: ``fork``; elsewhere one process),
-so they share the de-identifier, pixel pipeline and labels without pickling them and
-start in milliseconds. A fork copies the parent's memory, keys included; the workers use
-only the site secret (UID and patient-key HMACs): encrypting and writing the store stays
-in the parent, the single writer. At most ``WINDOW_PER_WORKER`` files per worker are in
-flight, so memory does not grow with the number of files. On Linux each worker dies with
-its parent (``PR_SET_PDEATHSIG``), so a killed ingest leaves no worker behind.
+so they share the de-identifier, pixel pipeline, labels and the open store without
+pickling them and start in milliseconds. A fork copies the parent's memory, keys
+included: the workers seal (encrypt and write) each image's objects, and the parent, the
+store's single writer, names them in the manifest. At most ``WINDOW_PER_WORKER`` files per
+worker are in flight, so memory does not grow with the number of files. On Linux each
+worker dies with its parent (``PR_SET_PDEATHSIG``), so a killed ingest leaves no worker
+behind.
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ class ImageRecord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "meta", MappingProxyType(check_meta(self.meta)))
 
+    def __reduce__(self):  # to and from ingest workers; the read-only meta view does not pickle
+        return ImageRecord, (self.image_id, self.patient_key, self.label, dict(self.meta), self.split)
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -48,6 +51,15 @@ class Entry:
 
     record: ImageRecord
     source_key: str
+    dicom_object: str
+    tensor_object: str
+
+
+@dataclass(frozen=True)
+class SealedImage:
+    """A record whose two objects are written (not yet durable) but not in the store yet."""
+
+    record: ImageRecord
     dicom_object: str
     tensor_object: str
 

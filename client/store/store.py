@@ -7,8 +7,9 @@ Layout (directories 0700, files 0600, all ciphertext)::
     store/.lock            the single-writer lock (empty)
 
 Each image is two objects: its de-identified DICOM and its tensor. ``add_image`` writes
-both at once; the record joins the manifest at ``commit()``, which first makes every
-object written since the last commit durable (one file-system sync for the batch) and
+both at once (``seal_image``, which ingest workers run, then ``add_sealed``); the record
+joins the manifest at ``commit()``, which first makes every object written since the last
+commit durable (one file-system sync for the batch) and
 then replaces the manifest atomically, so the manifest never names an object a crash
 could lose. Objects never committed are orphans: ``verify()`` reports them and
 ``collect_orphans()`` removes them. A writer (add, collect, rewrap) holds ``store/.lock``
@@ -30,7 +31,7 @@ from client.store import envelope
 from client.store.errors import StoreError
 from client.durable import fsync_dir, write_atomic
 from client.store.files import TEMP_PREFIX, WriterLock, sync_files
-from client.store.manifest import Entry, ImageRecord, Manifest, check_record
+from client.store.manifest import Entry, ImageRecord, Manifest, SealedImage, check_record
 from client.store.tensor import decode_tensor, encode_tensor
 
 MANIFEST_ID = "manifest"
@@ -105,28 +106,52 @@ class SiteStore:
                   label: int, meta: Mapping, split: str | None = None) -> ImageRecord:
         """Encrypt and write the image's two objects; the record waits for commit(), which
         makes them durable before the manifest names them."""
-        if not isinstance(source_key, str) or not source_key:
-            raise StoreError("source_key must be a non-empty string; fix: pass the ingest's HMAC "
-                             "of the source")
+        _check_source_key(source_key)
+        self._begin_write()
+        if self.has_source(source_key):
+            raise _duplicate_source()
+        sealed = self.seal_image(dicom=dicom, tensor=tensor, patient_key=patient_key, label=label,
+                                 meta=meta, split=split)
+        return self.add_sealed(source_key, sealed)
+
+    def seal_image(self, *, dicom: bytes, tensor: np.ndarray, patient_key: str, label: int,
+                   meta: Mapping, split: str | None = None) -> SealedImage:
+        """Encrypt and write an image's two objects without adding them to this store's
+        state, for a process forked from this writer (ingest workers); the writer names them
+        with :meth:`add_sealed` or removes them with :meth:`discard_sealed`. Until then they
+        are orphans, which the next writer collects."""
         if not isinstance(dicom, (bytes, bytearray, memoryview)):
             raise StoreError(f"dicom must be bytes, not {type(dicom).__name__}; fix: pass the "
                              "de-identified file's bytes")
-        image_id = secrets.token_hex(16)
-        record = check_record(image_id, patient_key, label, meta, split)
-        payload = encode_tensor(tensor)
+        if not self._lock.held:
+            raise StoreError("objects are written only by the store's writer; fix: call it from "
+                             "the ingest that opened the store (or a process it forked)")
+        record = check_record(secrets.token_hex(16), patient_key, label, meta, split)
+        sealed = SealedImage(record=record, dicom_object=secrets.token_hex(16),
+                             tensor_object=secrets.token_hex(16))
+        for object_id, plaintext in ((sealed.dicom_object, dicom),
+                                     (sealed.tensor_object, encode_tensor(tensor))):
+            self._write(object_id, plaintext, durable=False)
+        return sealed
+
+    def add_sealed(self, source_key: str, sealed: SealedImage) -> ImageRecord:
+        """Name a sealed image's objects as the next record; commit() makes it durable."""
+        _check_source_key(source_key)
         self._begin_write()
         if self.has_source(source_key):
-            raise StoreError("this source is already in the store; rule: ingest stores each "
-                             "source once; fix: skip it (check has_source first)")
-        entry = Entry(record=record, source_key=source_key,
-                      dicom_object=secrets.token_hex(16), tensor_object=secrets.token_hex(16))
-        for object_id, plaintext in ((entry.dicom_object, dicom), (entry.tensor_object, payload)):
-            self._write(object_id, plaintext, durable=False)
-            self._unsynced.append(self._objects / object_id)
-        self._pending[image_id] = entry
-        self._index[image_id] = entry
+            raise _duplicate_source()
+        entry = Entry(record=sealed.record, source_key=source_key,
+                      dicom_object=sealed.dicom_object, tensor_object=sealed.tensor_object)
+        self._unsynced += [self._objects / entry.dicom_object, self._objects / entry.tensor_object]
+        self._pending[entry.record.image_id] = entry
+        self._index[entry.record.image_id] = entry
         self._sources.add(source_key)
-        return record
+        return entry.record
+
+    def discard_sealed(self, sealed: SealedImage) -> None:
+        """Remove a sealed image's objects that will not be added (a duplicate source)."""
+        for object_id in (sealed.dicom_object, sealed.tensor_object):
+            (self._objects / object_id).unlink(missing_ok=True)
 
     def commit(self) -> None:
         """Make the pending records' objects durable, then atomically write the manifest
@@ -290,6 +315,17 @@ class SiteStore:
     def _debris(self) -> list[Path]:
         return sorted(p for d in (self._root, self._objects) for p in d.iterdir()
                       if p.name.startswith(TEMP_PREFIX))
+
+
+def _check_source_key(source_key: str) -> None:
+    if not isinstance(source_key, str) or not source_key:
+        raise StoreError("source_key must be a non-empty string; fix: pass the ingest's HMAC "
+                         "of the source")
+
+
+def _duplicate_source() -> StoreError:
+    return StoreError("this source is already in the store; rule: ingest stores each source "
+                      "once; fix: skip it (check has_source first)")
 
 
 def _read_manifest(root: Path, keys: SiteKeys) -> Manifest:

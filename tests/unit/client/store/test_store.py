@@ -315,3 +315,42 @@ def test_export_writes_plaintext_named_by_image_id(site, store, tmp_path):
         assert (out / f"{r.image_id}.dcm").read_bytes() == store.read_dicom(r.image_id)
     with pytest.raises(StoreError, match="inside the encrypted store"):
         store.export_dicom(site[0] / "store" / "clear")
+
+
+def _seal(store: SiteStore, fill: int):
+    return store.seal_image(dicom=bytes([fill]) * (2 * CHUNK + 3), tensor=np.full((2,), fill, np.float32),
+                            patient_key="pk", label=1, meta={"rows": 2})
+
+
+def test_sealed_images_join_the_store_only_when_added(site, store):
+    site_dir, keys = site
+    store.collect_orphans()  # takes the writer lock, as ingest does before its workers fork
+    kept, dropped, lost = _seal(store, 1), _seal(store, 2), _seal(store, 3)
+    assert store.records() == [] and len(list((site_dir / "store" / "objects").iterdir())) == 6
+    store.add_sealed("source-1", kept)
+    with pytest.raises(StoreError, match="already in the store"):
+        store.add_sealed("source-1", dropped)
+    store.discard_sealed(dropped)
+    store.commit()
+    store.close()  # `lost` was sealed, never added: an orphan, as after a crash
+    again = SiteStore.open(site_dir, keys)
+    assert [r.image_id for r in again.records()] == [kept.record.image_id]
+    assert again.read_dicom(kept.record.image_id) == bytes([1]) * (2 * CHUNK + 3)
+    assert again.verify() == [f"orphan: object {oid} is not in the manifest (an ingest that never "
+                              "committed); fix: collect_orphans(), e.g. by running the ingest again"
+                              for oid in sorted((lost.dicom_object, lost.tensor_object))]
+    assert again.collect_orphans() == 2 and again.verify() == []
+
+
+def test_only_the_writer_seals(site, store):
+    with pytest.raises(StoreError, match="only by the store's writer"):
+        _seal(store, 1)  # no writer lock taken yet
+    assert list((site[0] / "store" / "objects").iterdir()) == []
+
+
+def test_a_sealed_image_crosses_a_process_boundary(site, store):
+    import pickle
+
+    store.collect_orphans()
+    sealed = _seal(store, 4)
+    assert pickle.loads(pickle.dumps(sealed)) == sealed  # ingest workers return it to the writer
