@@ -59,19 +59,22 @@ warnings.filterwarnings("ignore")
 
 from client.grad_samplers import (  # noqa: E402  (the import registers fedrad's sampler)
     InputGradConv2d, opacus_conv_grad_sample, per_sample_convolutions)
+from client.allocator import keep_freed_memory  # noqa: E402
+from client.inline_grad_samples import inline_grad_samples  # noqa: E402
 from client.private_training import DEFAULT_GRAD_SAMPLE_MODE, DPConfig, train_private  # noqa: E402
 from client.training import train  # noqa: E402
 from common.config import TrainSettings  # noqa: E402
 from common.model import build_model  # noqa: E402
 
 IMAGE_SIZE, BATCH = 64, 32
-VARIANTS = ("plain", "hooks", "hooks/autograd-weights", "hooks/opacus-conv", "ew", "functorch", "ghost",
+VARIANTS = ("plain", "inline", "hooks", "hooks/autograd-weights", "hooks/opacus-conv", "ew", "functorch", "ghost",
             "hooks/phys8")
 PHASE_VARIANTS = {"plain": "non-private",
                   "plain/frozen-conv-weights": "non-private, conv weights frozen (what their gradients cost)",
                   "hooks/opacus-conv": "hooks, Opacus' Conv2d sampler",
                   "hooks/autograd-weights": "hooks, fedrad's Conv2d sampler, summed conv weight gradients too",
-                  "hooks": "hooks, fedrad's Conv2d sampler, no summed conv weight gradients (training's)",
+                  "inline": "inline: fedrad's layers compute per-sample gradients in their backward (training's)",
+                  "hooks": "hooks, fedrad's Conv2d sampler, no summed conv weight gradients",
                   "hooks/conv-free": "hooks, convolution gradients free (zero sampler: a floor, not a mode)"}
 PHASES = ("forward", "backward", "clip + noise", "Adam", "step")
 TARGET = 1.3
@@ -101,6 +104,8 @@ def make_step(variant: str, images: torch.Tensor, targets: torch.Tensor, phases:
         variant = "plain"
     if variant.startswith("hooks") and not variant.endswith(PLAIN_CONVOLUTIONS):
         _SWAPPED.enter_context(per_sample_convolutions(model))  # for good: the model lives in this process only
+    if variant == "inline":
+        _SWAPPED.enter_context(inline_grad_samples(model))
     for suffix, sampler in CONV_SAMPLERS.items():
         if variant.endswith(suffix):
             return _with_conv_sampler(_training_step(variant.removesuffix(suffix), model, images, targets,
@@ -114,13 +119,13 @@ def _training_step(variant: str, model: nn.Module, images: torch.Tensor, targets
     from torch.utils.data import DataLoader, TensorDataset
 
     optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
-    criterion: nn.Module = nn.BCEWithLogitsLoss()
+    criterion: nn.Module = nn.BCEWithLogitsLoss(reduction="sum" if variant == "inline" else "mean")
     mode, _, physical = variant.partition("/phys")
     if mode != "plain":
         loader = DataLoader(TensorDataset(images.repeat(10, 1, 1, 1), targets.repeat(10)), batch_size=BATCH)
         private = PrivacyEngine(accountant="rdp", secure_mode=False).make_private(
             module=model, optimizer=optimizer, criterion=criterion, data_loader=loader, noise_multiplier=1.0,
-            max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode,
+            max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode="no_op" if mode == "inline" else mode,
             noise_generator=torch.Generator().manual_seed(0))
         model, optimizer = private[0], private[1]
         criterion = private[2] if len(private) == 4 else criterion
@@ -322,7 +327,12 @@ def main() -> None:
     parser.add_argument("--phases", action="store_true", help="only time a step's phases (forward, backward, "
                         "clip + noise, Adam) for plain and three hooks-mode Conv2d samplers")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it comes (training, plain and private, calls "
+                             "client.allocator.keep_freed_memory first, and so does this benchmark)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory()
     args.threads = args.threads or ([1] if args.phases else [2, 1])
     if args.phases:
         torch.set_num_threads(args.threads[0])
@@ -347,7 +357,7 @@ def main() -> None:
           "'peak memory' of the target; growth: that peak minus the RSS after setup, what the steps add)")
 
     torch.set_num_threads(args.threads[0])
-    round_modes = [m for m in ("hooks", "ew") if m in variants] or [DEFAULT_GRAD_SAMPLE_MODE]
+    round_modes = [m for m in ("inline", "hooks", "ew") if m in variants] or [DEFAULT_GRAD_SAMPLE_MODE]
     rounds = time_rounds(round_modes, args.round_repeats)
     round_ratios = {mode: round(rounds[mode] / rounds["plain"], 2) for mode in round_modes}
     print(f"\nwhole rounds (train vs train_private, Poisson batches of ~{BATCH} patients), "

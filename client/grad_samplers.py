@@ -78,8 +78,7 @@ def per_sample_convolutions(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _layer_covered(layer: nn.Conv2d) -> bool:
-    return (type(layer) in (nn.Conv2d, InputGradConv2d) and layer.padding_mode == "zeros"
-            and not isinstance(layer.padding, str))
+    return isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
 
 
 def _covered(layer: nn.Conv2d, activations: torch.Tensor) -> bool:

@@ -46,6 +46,8 @@ from opacus.validators import ModuleValidator  # noqa: E402
 logging.getLogger().handlers[:] = _ROOT_HANDLERS
 
 from client.grad_samplers import per_sample_convolutions  # noqa: E402  (also registers fedrad's Conv2d sampler)
+from client.allocator import keep_freed_memory  # noqa: E402
+from client.inline_grad_samples import inline_grad_samples  # noqa: E402
 from client.step_plan import StepPlan, plan_round
 from client.training import TrainResult
 from common.config import TrainSettings
@@ -56,14 +58,16 @@ GRAD_SAMPLE_MODES = {
     "ew": "torch ExpandedWeights",
     "functorch": "torch.func vmap over the whole layer",
     "ghost": "fast gradient clipping: norms first, then a second, re-weighted backward",
+    "inline": "fedrad's layers compute them in their own backward (client.inline_grad_samples), no hooks",
 }
 # Opacus' hooks on the first layer (whose input needs no gradient) make torch warn on
 # every backward pass; the per-sample gradients are right (tests compare all modes).
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
                         "respect to module outputs", category=UserWarning)
-# Fastest correct mode for the fedrad CNN with fedrad's Conv2d sampler (benchmarks/dp_overhead.py:
-# on par with "ew", ahead of "functorch" and "ghost" and of physical batches).
-DEFAULT_GRAD_SAMPLE_MODE = "hooks"
+# Fastest correct mode for the fedrad CNN (benchmarks/dp_overhead.py: "inline" ahead of "hooks"
+# with fedrad's Conv2d sampler, which is on par with "ew" and ahead of "functorch", "ghost" and
+# physical batches). Models with other trainable layers need "hooks".
+DEFAULT_GRAD_SAMPLE_MODE = "inline"
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,7 @@ def train_private(
     """
     if len(images) == 0:
         raise ValueError("the training split is empty: ingest labelled images into the site store")
+    keep_freed_memory()  # each step's per-sample gradients reuse the last step's pages
     started = time.perf_counter()
     sampling_seed, choice_seed, noise_seed = _seeds(seed, secret)
     dataset = patient_dataset(images, labels, patients, seed=choice_seed, dataset_class=dataset_class)
@@ -210,12 +215,23 @@ def train_private(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     if settings.proximal_mu > 0:
         _add_proximal_term(optimizer, settings.proximal_mu)
-    criterion = nn.BCEWithLogitsLoss()
-    # hooks mode: autograd skips the convolutions' summed weight gradients, which DP-SGD discards
-    with per_sample_convolutions(model) if dp.grad_sample_mode == "hooks" else contextlib.nullcontext():
+    # inline mode backpropagates the summed loss (each layer's per-sample gradients are then
+    # each patient's own); Opacus' DPOptimizer still divides by the expected batch size
+    criterion = nn.BCEWithLogitsLoss(reduction="sum" if dp.grad_sample_mode == "inline" else "mean")
+    with _per_sample_layers(model, dp.grad_sample_mode):
         loss, steps = _run_private(model, optimizer, criterion, loader, plan, settings, dp, noise_seed)
     result = TrainResult(loss=loss, examples=len(images), steps=steps, seconds=time.perf_counter() - started)
     return result, plan
+
+
+def _per_sample_layers(model: nn.Module, grad_sample_mode: str):
+    """The layer swap a mode trains with: hooks mode's convolutions skip the summed weight
+    gradients DP-SGD discards; inline mode's layers compute per-sample gradients themselves."""
+    if grad_sample_mode == "hooks":
+        return per_sample_convolutions(model)
+    if grad_sample_mode == "inline":
+        return inline_grad_samples(model)
+    return contextlib.nullcontext()
 
 
 def _run_private(model, optimizer, criterion, loader, plan, settings, dp, noise_seed) -> tuple[float, int]:
@@ -233,7 +249,7 @@ def _run_private(model, optimizer, criterion, loader, plan, settings, dp, noise_
         noise_multiplier=dp.noise_multiplier,
         max_grad_norm=dp.max_grad_norm,
         poisson_sampling=True,
-        grad_sample_mode=dp.grad_sample_mode,
+        grad_sample_mode="no_op" if dp.grad_sample_mode == "inline" else dp.grad_sample_mode,
         noise_generator=torch.Generator().manual_seed(noise_seed),
     )
     if len(private) == 4:  # ghost clipping returns its own criterion
@@ -254,7 +270,7 @@ def _run_private(model, optimizer, criterion, loader, plan, settings, dp, noise_
                 else:
                     loss = criterion(dp_model(batch_images), batch_targets)
                     loss.backward()
-                    total_loss += loss.item() * len(batch_targets)
+                    total_loss += loss.item() * (1 if dp.grad_sample_mode == "inline" else len(batch_targets))
                     total_seen += len(batch_targets)
                 dp_optimizer.step()
                 steps += 1

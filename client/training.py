@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from client.allocator import keep_freed_memory
 from common.config import TrainSettings
 
 
@@ -34,6 +35,7 @@ def train(
     """
     if len(images) == 0:
         raise ValueError("the training split is empty: ingest labelled images into the site store")
+    keep_freed_memory()
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
