@@ -845,18 +845,20 @@ def test_a_killed_ingest_resumes_without_duplicates_and_collects_orphans(tmp_pat
     assert images > COMMIT_EVERY + 8
     site_dir = tmp_path / "site"
     keys = init_keys(site_dir)
-    objects = site_dir / "store" / "objects"
-    kill_at = 2 * (COMMIT_EVERY + 4)  # past the first commit, before the end
+    objects, manifest = site_dir / "store" / "objects", site_dir / "store" / "manifest"
     command = [sys.executable, "-c", "from client.cli import main; main()", "ingest", "--site-dir", str(site_dir),
                "--dicom", str(export / "dicom"), "--labels", str(export / "labels.csv"), "--tensor-size", "32",
                "--workers", "2"]
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            if objects.is_dir() and sum(not p.name.startswith(TEMP_PREFIX) for p in objects.iterdir()) >= kill_at:
-                break
+        deadline, created = time.monotonic() + 240, None
+        while time.monotonic() < deadline and process.poll() is None:  # kill past the first commit,
+            with contextlib.suppress(FileNotFoundError):                 # with objects sealed after it
+                created = created or manifest.stat().st_ino
+                if (manifest.stat().st_ino != created
+                        and sum(not p.name.startswith(TEMP_PREFIX) for p in objects.iterdir()) > 2 * COMMIT_EVERY):
+                    break
             time.sleep(0.005)
         assert process.poll() is None, "ingest ended before it could be killed"
         assert len(_running_in_group(process.pid)) == 3  # the ingest and its two workers
