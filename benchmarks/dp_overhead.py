@@ -8,9 +8,12 @@ per physical batch, one noisy step per logical batch).
 
 Time: every variant lives in this one process; each iteration runs one step of every
 variant, in rotating order, after a warm-up; the figure is the median step time.
-"hooks" is what training runs: fedrad's Conv2d per-sample sampler (client/grad_samplers.py,
-registered in Opacus' registry) and convolutions whose backward skips the summed weight
-gradients DP-SGD discards (`per_sample_convolutions`); "hooks/autograd-weights" is the same
+"inline" is what training runs: fedrad's Conv2d, GroupNorm and Linear layers compute the
+per-sample gradients in their own backward (client/inline_grad_samples.py, Opacus' "no_op"
+mode; the summed loss is backpropagated). "hooks" is the previous default: fedrad's Conv2d
+per-sample sampler (client/grad_samplers.py, registered in Opacus' registry) and
+convolutions whose backward skips the summed weight gradients DP-SGD discards
+(`per_sample_convolutions`); "hooks/autograd-weights" is the same
 sampler with plain convolutions (autograd also computes their summed weight gradients), and
 "hooks/opacus-conv" is stock Opacus (its own unfold-based sampler, plain convolutions).
 Peak memory: each variant runs in a fresh subprocess that builds its model, data and
@@ -19,7 +22,9 @@ steps and reads `VmHWM`. "peak RSS" is that whole process's peak (torch included
 ratio to plain's is the target's "peak memory, DP / non-private". "growth" is the peak
 minus the RSS before the first step, i.e. what the training steps themselves add
 (activations, per-sample gradients, Adam state, allocator caches); its ratio is stricter.
-A last table times whole rounds, `train` vs `train_private` ("hooks" and "ew") on one
+The process first lets glibc keep freed memory, as training does (client/allocator.py;
+`--default-malloc` leaves malloc as it comes).
+A last table times whole rounds, `train` vs `train_private` ("inline", "hooks" and "ew") on one
 synthetic site (640 images of 320 patients; DP: q = 0.1, 10 Poisson steps/epoch of ~32
 patients, where "ew" switches to a slower kernel below 32), as seconds per step.
 
@@ -27,7 +32,7 @@ patients, where "ew" switches to a slower kernel below 32), as seconds per step.
 per-sample gradient hooks), clip + noise (`DPOptimizer.pre_step()`: clipping, accumulation,
 noise, scaling, accountant hook) and the Adam update (the wrapped optimizer's `step()`), for
 plain, plain with frozen convolution weights (the backward without their summed weight
-gradients), "hooks/opacus-conv", "hooks/autograd-weights", "hooks" and "hooks/conv-free" (as
+gradients), "hooks/opacus-conv", "hooks/autograd-weights", "inline", "hooks" and "hooks/conv-free" (as
 "hooks" with a zero Conv2d sampler, registered only while that variant runs: convolution
 per-sample gradients for free, a floor, not a mode);
 fastest of --steps interleaved steps per phase and for the whole step (1 torch thread unless
