@@ -30,7 +30,8 @@ from opacus.grad_sample.conv import compute_conv_grad_sample as opacus_conv_grad
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["InputGradConv2d", "conv2d_grad_sample", "opacus_conv_grad_sample", "per_sample_convolutions"]
+__all__ = ["InputGradConv2d", "conv2d_covered", "conv2d_grad_sample", "opacus_conv_grad_sample",
+           "per_sample_convolutions", "swapped_classes"]
 
 
 class _InputGradOnly(torch.autograd.Function):
@@ -63,26 +64,34 @@ class InputGradConv2d(nn.Conv2d):
                                     self.groups)
 
 
-@contextlib.contextmanager
-def per_sample_convolutions(model: nn.Module) -> Iterator[nn.Module]:
+def per_sample_convolutions(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """`model` with every plain Conv2d that `conv2d_grad_sample` covers an InputGradConv2d
     (same parameters), restored on exit."""
-    swapped = [m for m in model.modules() if type(m) is nn.Conv2d and _layer_covered(m)]
-    for module in swapped:
-        module.__class__ = InputGradConv2d
+    return swapped_classes(model, {m: InputGradConv2d for m in model.modules()
+                                   if type(m) is nn.Conv2d and conv2d_covered(m)})
+
+
+@contextlib.contextmanager
+def swapped_classes(model: nn.Module, replacements: dict[nn.Module, type]) -> Iterator[nn.Module]:
+    """`model` with each given module's class replaced (a subclass with the same parameters
+    and state-dict names), the original classes restored on exit."""
+    originals = {module: type(module) for module in replacements}
+    for module, kind in replacements.items():
+        module.__class__ = kind
     try:
         yield model
     finally:
-        for module in swapped:
-            module.__class__ = nn.Conv2d
+        for module, kind in originals.items():
+            module.__class__ = kind
 
 
-def _layer_covered(layer: nn.Conv2d) -> bool:
+def conv2d_covered(layer: nn.Conv2d) -> bool:
+    """Whether `conv2d_grad_sample` computes this convolution's per-sample gradients itself."""
     return isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
 
 
 def _covered(layer: nn.Conv2d, activations: torch.Tensor) -> bool:
-    return _layer_covered(layer) and activations.dim() == 4 and activations.shape[0] > 0
+    return conv2d_covered(layer) and activations.dim() == 4 and activations.shape[0] > 0
 
 
 def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],

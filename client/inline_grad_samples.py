@@ -12,21 +12,20 @@ gradients in one go and stores them in ``param.grad_sample``, where Opacus' DPOp
 Backpropagate the batch's *summed* loss: what a layer receives for sample i is then the
 gradient of sample i's own loss, so its per-sample gradients are what Opacus'
 DPOptimizer clips (with ``loss_reduction="mean"`` it divides the noisy sum by the expected
-batch size itself), and no per-sample tensor is rescaled. A convolution's come from fedrad's grouped-convolution sampler (``client.grad_samplers``);
-GroupNorm's from sums over each channel of the output gradient and of its product with
-the input; Linear's from an outer product. ``tests/unit/client/test_inline_grad_samples.py``
-checks them against Opacus' own samplers.
+batch size itself), and no per-sample tensor is rescaled. A convolution's come from
+fedrad's grouped-convolution sampler (``client.grad_samplers``); GroupNorm's from sums over
+each channel of the output gradient and of its product with the input; Linear's from an
+outer product. ``tests/unit/client/test_inline_grad_samples.py`` checks them against one
+backward pass per sample.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from client.grad_samplers import conv2d_grad_sample
+from client.grad_samplers import conv2d_covered, conv2d_grad_sample, swapped_classes
 
 __all__ = ["InlineConv2d", "InlineGroupNorm", "InlineLinear", "inline_grad_samples", "uncovered_parameters"]
 
@@ -143,7 +142,7 @@ _INLINE = {nn.Conv2d: InlineConv2d, nn.GroupNorm: InlineGroupNorm, nn.Linear: In
 
 def _swappable(module: nn.Module) -> bool:
     if type(module) is nn.Conv2d:
-        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+        return conv2d_covered(module)
     return type(module) in _INLINE
 
 
@@ -153,8 +152,7 @@ def uncovered_parameters(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
 
 
-@contextlib.contextmanager
-def inline_grad_samples(model: nn.Module) -> Iterator[nn.Module]:
+def inline_grad_samples(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """`model` with its Conv2d, GroupNorm and Linear layers swapped for the Inline ones (same
     parameters and state-dict names), restored on exit. Raises ValueError, before changing
     anything, if a trainable parameter lives in another kind of layer."""
@@ -163,11 +161,4 @@ def inline_grad_samples(model: nn.Module) -> Iterator[nn.Module]:
         raise ValueError(f"grad-sample mode 'inline' covers Conv2d (zero padding), GroupNorm and Linear "
                          f"layers only; {len(uncovered)} trainable parameter(s) are elsewhere (first: "
                          f"{uncovered[0]}); fix: use grad-sample mode 'hooks'")
-    swapped = [(m, type(m)) for m in model.modules() if _swappable(m)]
-    for module, kind in swapped:
-        module.__class__ = _INLINE[kind]
-    try:
-        yield model
-    finally:
-        for module, kind in swapped:
-            module.__class__ = kind
+    return swapped_classes(model, {m: _INLINE[type(m)] for m in model.modules() if _swappable(m)})
