@@ -65,7 +65,7 @@ warnings.filterwarnings("ignore")
 from client.grad_samplers import (  # noqa: E402  (the import registers fedrad's sampler)
     InputGradConv2d, opacus_conv_grad_sample, per_sample_convolutions)
 from client.allocator import keep_freed_memory  # noqa: E402
-from client.inline_grad_samples import inline_grad_samples  # noqa: E402
+from client.inline_grad_samples import InlineDPOptimizer, inline_grad_samples  # noqa: E402
 from client.private_training import DEFAULT_GRAD_SAMPLE_MODE, DPConfig, train_private  # noqa: E402
 from client.training import train  # noqa: E402
 from common.config import TrainSettings  # noqa: E402
@@ -133,6 +133,8 @@ def _training_step(variant: str, model: nn.Module, images: torch.Tensor, targets
             max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode="no_op" if mode == "inline" else mode,
             noise_generator=torch.Generator().manual_seed(0))
         model, optimizer = private[0], private[1]
+        if mode == "inline":
+            optimizer = InlineDPOptimizer.as_inline(optimizer)
         criterion = private[2] if len(private) == 4 else criterion
     if phases:
         return _phase_step(model, optimizer, criterion, images, targets)

@@ -22,17 +22,75 @@ from __future__ import annotations
 
 import contextlib
 import torch
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.nn import functional as F
 
 from client.grad_samplers import conv2d_covered, conv2d_grad_sample, swapped_classes
 
-__all__ = ["InlineConv2d", "InlineGroupNorm", "InlineLinear", "inline_grad_samples", "uncovered_parameters"]
+__all__ = ["GhostConvGrad", "InlineConv2d", "InlineDPOptimizer", "InlineGroupNorm", "InlineLinear", "inline_grad_samples",
+           "uncovered_parameters"]
+
+
+class GhostConvGrad:
+    """A convolution weight's per-sample gradients, not materialised ("ghost" clipping).
+
+    Sample n's weight gradient is G_n U_n^T (G_n: its output gradient, out-channels x L
+    positions; U_n: its unfolded input, in-channels*kernel x L), so its squared norm is
+    sum(U_n^T U_n * G_n^T G_n), two L x L Gram matrices, and the clipped sum over samples is
+    the layer's ordinary (summed) weight gradient with each G_n scaled by its clip factor.
+    Where L is small against the weight (the deep layers), that is cheaper than writing and
+    twice reading N weight-sized tensors (`ghost_pays`).
+    """
+
+    def __init__(self, layer: nn.Conv2d, x: torch.Tensor, grad_output: torch.Tensor):
+        self.layer, self.x, self.grad_output = layer, x, grad_output
+        n = x.shape[0]
+        patches = _patches(layer, x)  # N, d, L
+        outputs = grad_output.reshape(n, grad_output.shape[1], -1)  # N, p, L
+        gram_x = torch.bmm(patches.transpose(1, 2), patches)
+        gram_g = torch.bmm(outputs.transpose(1, 2), outputs)
+        self.squared_norms = torch.linalg.vecdot(gram_x.reshape(n, -1), gram_g.reshape(n, -1))
+
+    @staticmethod
+    def pays(layer: nn.Conv2d, grad_output: torch.Tensor) -> bool:
+        """Whether the Gram matrices (L^2 (p + d) products) cost less than materialising (L p d)."""
+        if layer.groups != 1:
+            return False
+        positions = grad_output[0, 0].numel()
+        per_output = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        return positions * (layer.out_channels + per_output) < layer.out_channels * per_output
+
+    def materialise(self) -> torch.Tensor:
+        """The per-sample gradients (N, *weight.shape)."""
+        return conv2d_grad_sample(self.layer, [self.x], self.grad_output)[self.layer.weight]
+
+    def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
+        """sum_n factors[n] * (sample n's gradient), one summed weight-gradient convolution."""
+        layer = self.layer
+        scaled = self.grad_output * factors.to(self.grad_output.dtype).view(-1, 1, 1, 1)
+        _, grad, _ = torch.ops.aten.convolution_backward(
+            scaled, self.x, layer.weight, None, layer.stride, layer.padding, layer.dilation, False, [0, 0],
+            layer.groups, [False, True, False])
+        return grad
+
+
+def _patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input patches (N, in-channels * kernel, L); a 1x1 kernel's are strided pixels."""
+    if layer.kernel_size == (1, 1) and layer.padding == (0, 0):
+        picked = x[:, :, ::layer.stride[0], ::layer.stride[1]]
+        return picked.reshape(x.shape[0], x.shape[1], -1)
+    return F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
 
 
 def _store(param: torch.Tensor, per_sample: torch.Tensor) -> None:
-    """Add `per_sample` to `param.grad_sample` (a layer used twice in one pass adds up)."""
+    """Add `per_sample` to `param.grad_sample` (a layer used twice in one pass adds up; a ghost
+    left by an earlier use is materialised first)."""
     previous = getattr(param, "grad_sample", None)
+    ghost = getattr(param, "ghost_grad_sample", None)
+    if ghost is not None:
+        del param.ghost_grad_sample
+        previous = ghost.materialise() if previous is None else previous + ghost.materialise()
     param.grad_sample = per_sample if previous is None else previous + per_sample
 
 
@@ -52,8 +110,15 @@ class _Conv(torch.autograd.Function):
             grad_input, _, _ = torch.ops.aten.convolution_backward(
                 grad_output, x, weight, None, layer.stride, layer.padding, layer.dilation, False, [0, 0],
                 layer.groups, [True, False, False])
-        for param, per_sample in conv2d_grad_sample(layer, [x], grad_output).items():
-            _store(param, per_sample)
+        weight = layer.weight
+        first_use = getattr(weight, "grad_sample", None) is None and getattr(weight, "ghost_grad_sample", None) is None
+        if weight.requires_grad and first_use and GhostConvGrad.pays(layer, grad_output):
+            weight.ghost_grad_sample = GhostConvGrad(layer, x, grad_output)
+            if layer.bias is not None and layer.bias.requires_grad:
+                _store(layer.bias, grad_output.sum(dim=(2, 3)))
+        else:
+            for param, per_sample in conv2d_grad_sample(layer, [x], grad_output).items():
+                _store(param, per_sample)
         return grad_input, None, None, None
 
 
@@ -162,3 +227,51 @@ def inline_grad_samples(model: nn.Module) -> contextlib.AbstractContextManager[n
                          f"layers only; {len(uncovered)} trainable parameter(s) are elsewhere (first: "
                          f"{uncovered[0]}); fix: use grad-sample mode 'hooks'")
     return swapped_classes(model, {m: _INLINE[type(m)] for m in model.modules() if _swappable(m)})
+
+
+class InlineDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer (flat clipping, noise, scaling, accountant hook) reading what the
+    inline layers leave: `param.grad_sample`, or a `param.ghost_grad_sample` (GhostConvGrad)
+    whose squared norms enter each sample's norm and whose clipped sum is computed from the
+    saved input and output gradient. `as_inline(optimizer)` turns the optimizer Opacus'
+    `make_private(grad_sample_mode="no_op")` returns into one."""
+
+    @classmethod
+    def as_inline(cls, optimizer: DPOptimizer) -> "InlineDPOptimizer":
+        if type(optimizer) is not DPOptimizer:
+            raise TypeError(f"inline mode needs Opacus' flat-clipping DPOptimizer, not {type(optimizer).__name__}")
+        optimizer.__class__ = cls
+        return optimizer  # type: ignore[return-value]
+
+    def clip_and_accumulate(self) -> None:
+        ghosts = [getattr(p, "ghost_grad_sample", None) for p in self.params]
+        squared = [g.squared_norms if g is not None else torch.linalg.vector_norm(p.grad_sample.flatten(1), dim=1).square()
+                   for p, g in zip(self.params, ghosts)]
+        norms = torch.stack(squared, dim=1).sum(1).sqrt()
+        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for p, ghost in zip(self.params, ghosts):
+            grad = ghost.clipped_sum(factors) if ghost is not None else torch.einsum("i,i...", factors, p.grad_sample)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+
+    @property
+    def accumulated_iterations(self) -> int:
+        """Backward passes per step: one (a layer's per-sample gradients are one tensor, never a list)."""
+        return 1
+
+    def pre_step(self, closure=None) -> bool:
+        self.clip_and_accumulate()
+        if self._check_skip_next_step():
+            self._is_last_step_skipped = True
+            return False
+        self.add_noise()
+        self.scale_grad()
+        if self.step_hook:
+            self.step_hook(self)
+        self._is_last_step_skipped = False
+        return True
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        for p in self.params:
+            if hasattr(p, "ghost_grad_sample"):
+                del p.ghost_grad_sample
+        super().zero_grad(set_to_none)

@@ -47,7 +47,7 @@ logging.getLogger().handlers[:] = _ROOT_HANDLERS
 
 from client.grad_samplers import per_sample_convolutions  # noqa: E402  (also registers fedrad's Conv2d sampler)
 from client.allocator import keep_freed_memory  # noqa: E402
-from client.inline_grad_samples import inline_grad_samples  # noqa: E402
+from client.inline_grad_samples import InlineDPOptimizer, inline_grad_samples  # noqa: E402
 from client.step_plan import StepPlan, plan_round
 from client.training import TrainResult
 from common.config import TrainSettings
@@ -256,6 +256,8 @@ def _run_private(model, optimizer, criterion, loader, plan, settings, dp, noise_
         dp_model, dp_optimizer, criterion, dp_loader = private
     else:
         dp_model, dp_optimizer, dp_loader = private
+    if dp.grad_sample_mode == "inline":  # also clips the deep convolutions' ghost per-sample gradients
+        dp_optimizer = InlineDPOptimizer.as_inline(dp_optimizer)
     if dp_loader.sample_rate != plan.sample_rate or len(dp_loader) * settings.local_epochs != plan.steps:
         raise AssertionError("Opacus' data loader does not sample as planned")
 

@@ -127,7 +127,7 @@ def test_trains_in_place_with_planned_steps_and_plain_weight_names():
     assert {type(m) for m in model.modules()} == {type(m) for m in build_model(SIZE, width=4).modules()}  # restored
     # Opacus left nothing behind: no hooks, no per-sample attributes
     assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
-    assert not any(hasattr(p, a) for p in model.parameters() for a in ("grad_sample", "summed_grad"))
+    assert not any(hasattr(p, a) for p in model.parameters() for a in ("grad_sample", "ghost_grad_sample", "summed_grad"))
 
 
 def test_refuses_models_opacus_cannot_privatise():
