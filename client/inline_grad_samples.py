@@ -21,6 +21,8 @@ backward pass per sample.
 from __future__ import annotations
 
 import contextlib
+import math
+
 import torch
 from opacus.optimizers import DPOptimizer
 from torch import nn
@@ -40,7 +42,7 @@ class GhostConvGrad:
     sum(U_n^T U_n * G_n^T G_n), two L x L Gram matrices, and the clipped sum over samples is
     the layer's ordinary (summed) weight gradient with each G_n scaled by its clip factor.
     Where L is small against the weight (the deep layers), that is cheaper than writing and
-    twice reading N weight-sized tensors (`ghost_pays`).
+    twice reading N weight-sized tensors (`pays`).
     """
 
     def __init__(self, layer: nn.Conv2d, x: torch.Tensor, grad_output: torch.Tensor):
@@ -57,7 +59,7 @@ class GhostConvGrad:
         """Whether the Gram matrices (L^2 (p + d) products) cost less than materialising (L p d)."""
         if layer.groups != 1:
             return False
-        positions = grad_output[0, 0].numel()
+        positions = math.prod(grad_output.shape[2:])
         per_output = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
         return positions * (layer.out_channels + per_output) < layer.out_channels * per_output
 
@@ -126,7 +128,7 @@ class _GroupNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer):
         n, c = x.shape[:2]
-        out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, x[0, 0].numel(),
+        out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, math.prod(x.shape[2:]),
                                                           layer.num_groups, layer.eps)
         ctx.save_for_backward(x, mean, rstd, weight)
         ctx.layer = layer
@@ -141,16 +143,16 @@ class _GroupNorm(torch.autograd.Function):
         grad_input = None
         if ctx.needs_input_grad[0]:
             grad_input, _, _ = torch.ops.aten.native_group_norm_backward(
-                grad_output, x, mean, rstd, weight, n, c, x[0, 0].numel(), layer.num_groups, [True, False, False])
+                grad_output, x, mean, rstd, weight, n, c, math.prod(x.shape[2:]), layer.num_groups,
+                [True, False, False])
         g = grad_output.reshape(n, c, -1)
         sum_g = g.sum(dim=2)  # the bias's per-sample gradient
         if layer.weight is not None and layer.weight.requires_grad:
             # d loss / d gamma_c = sum_hw (x - mean_group) * rstd_group * g = rstd (sum x g - mean sum g)
-            per_group = c // layer.num_groups
-            sum_xg = torch.linalg.vecdot(x.reshape(n, c, -1), g, dim=2)
-            mean_c = mean.reshape(n, layer.num_groups, 1).expand(-1, -1, per_group).reshape(n, c)
-            rstd_c = rstd.reshape(n, layer.num_groups, 1).expand(-1, -1, per_group).reshape(n, c)
-            _store(layer.weight, (sum_xg - mean_c * sum_g).mul_(rstd_c))
+            groups = (n, layer.num_groups, c // layer.num_groups)
+            sum_xg = torch.linalg.vecdot(x.reshape(n, c, -1), g, dim=2).view(groups)
+            per_sample = sum_xg.sub_(mean.view(n, -1, 1) * sum_g.view(groups)).mul_(rstd.view(n, -1, 1))
+            _store(layer.weight, per_sample.view(n, c))
         if layer.bias is not None and layer.bias.requires_grad:
             _store(layer.bias, sum_g)
         return grad_input, None, None, None
@@ -244,14 +246,34 @@ class InlineDPOptimizer(DPOptimizer):
         return optimizer  # type: ignore[return-value]
 
     def clip_and_accumulate(self) -> None:
-        ghosts = [getattr(p, "ghost_grad_sample", None) for p in self.params]
-        squared = [g.squared_norms if g is not None else torch.linalg.vector_norm(p.grad_sample.flatten(1), dim=1).square()
-                   for p, g in zip(self.params, ghosts)]
-        norms = torch.stack(squared, dim=1).sum(1).sqrt()
-        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        for p, ghost in zip(self.params, ghosts):
-            grad = ghost.clipped_sum(factors) if ghost is not None else torch.einsum("i,i...", factors, p.grad_sample)
+        params = self.params
+        ghosts = [getattr(p, "ghost_grad_sample", None) for p in params]
+        flat = [None if g is not None else p.grad_sample.flatten(1) for p, g in zip(params, ghosts)]
+        norms = torch.stack([g.squared_norms.sqrt() if g is not None else torch.linalg.vector_norm(f, dim=1)
+                             for g, f in zip(ghosts, flat)], dim=1)
+        factors = (self.max_grad_norm / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
+        for p, ghost, f in zip(params, ghosts, flat):
+            grad = ghost.clipped_sum(factors) if ghost is not None else (factors @ f).view_as(p)
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+
+    def add_noise(self) -> None:
+        """Opacus' noise, the same draws from the same generator (one N(0, (sigma C)^2) tensor per
+        parameter, in order), added and divided by the expected batch size in place: this is
+        `add_noise` and `scale_grad` in one pass per parameter."""
+        if self.secure_mode or self.loss_reduction != "mean":
+            super().add_noise()
+            super().scale_grad()
+            return
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            grad = p.summed_grad.clone() if std == 0 else torch.normal(
+                mean=0, std=std, size=p.summed_grad.shape, generator=self.generator, dtype=p.summed_grad.dtype)
+            if std != 0:
+                grad.add_(p.summed_grad)
+            p.grad = grad.div_(self.expected_batch_size).view_as(p)
+
+    def scale_grad(self) -> None:
+        """Done in `add_noise` (see there)."""
 
     @property
     def accumulated_iterations(self) -> int:

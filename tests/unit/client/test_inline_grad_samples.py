@@ -141,8 +141,9 @@ def test_ghosts_only_where_they_pay():
 
 
 def test_the_inline_optimizer_clips_and_sums_as_opacus_does():
-    """Same per-sample gradients, noise off: InlineDPOptimizer (with ghosts) and Opacus'
-    DPOptimizer (materialised, from one backward per sample) give the same clipped sum."""
+    """Same per-sample gradients, same noise generator: InlineDPOptimizer (with ghosts) and
+    Opacus' DPOptimizer (materialised, from one backward per sample) give the same clipped
+    sum and the same noisy, scaled gradient."""
     torch.manual_seed(3)
     model = build_model(32, width=4)
     x, weights = torch.rand(5, 1, 32, 32), torch.randn(5)
@@ -150,13 +151,15 @@ def test_the_inline_optimizer_clips_and_sums_as_opacus_does():
 
     def optimizer(kind):
         adam = torch.optim.Adam(model.parameters())
-        return kind(adam, noise_multiplier=0.0, max_grad_norm=0.05, expected_batch_size=5)
+        return kind(adam, noise_multiplier=0.3, max_grad_norm=0.05, expected_batch_size=5,
+                    generator=torch.Generator().manual_seed(4))
 
     reference = optimizer(DPOptimizer)
     for name, p in model.named_parameters():
         p.grad_sample = per_sample[name]
-    reference.clip_and_accumulate()
+    assert reference.pre_step()
     expected = {name: p.summed_grad for name, p in model.named_parameters()}
+    noisy = {name: p.grad for name, p in model.named_parameters()}
     reference.zero_grad(set_to_none=True)
 
     inline = InlineDPOptimizer.as_inline(optimizer(DPOptimizer))
@@ -166,7 +169,9 @@ def test_the_inline_optimizer_clips_and_sums_as_opacus_does():
     assert inline.pre_step()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.summed_grad, expected[name], rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(p.grad, expected[name] / 5, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad, noisy[name], rtol=1e-4, atol=1e-6)
+    noise = torch.cat([(noisy[name] - expected[name] / 5).flatten() for name in noisy])
+    assert noise.std() == pytest.approx(0.3 * 0.05 / 5, rel=0.05)  # the noise is there: sigma C / batch
     inline.zero_grad(set_to_none=True)
     assert not any(hasattr(p, "ghost_grad_sample") for p in model.parameters())
     with pytest.raises(TypeError, match="flat-clipping DPOptimizer"):
