@@ -24,7 +24,7 @@ import torch
 from _common import built_sites, write_result
 
 from client.private_training import DPConfig, train_private
-from client.privacy import noise_for_target_epsilon
+from client.round_privacy import run_noise
 from client.site import resolve_site
 from client.sitedata import load_site_data
 from client.step_plan import plan_round
@@ -55,8 +55,7 @@ def federated_auc(sites, held, args, *, width: int, private: bool) -> tuple[floa
             seed = 1000 * server_round + index
             if private:
                 plan = plan_round(data.patients, settings)
-                sigma = noise_for_target_epsilon(args.epsilon, 1 / (10 * data.patients), plan.sample_rate,
-                                                 plan.steps * args.rounds)
+                sigma = run_noise(args.epsilon, 1 / (10 * data.patients), plan.sample_rate, plan.steps * args.rounds)
                 dp = DPConfig(noise_multiplier=sigma, max_grad_norm=args.max_grad_norm)
                 result, _ = train_private(model, data.train_images, data.train_labels, data.train_patients,
                                           settings, dp, seed=seed, secret=b"benchmark")

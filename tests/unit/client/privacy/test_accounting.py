@@ -113,11 +113,16 @@ def test_noise_for_target_epsilon_is_the_smallest_that_fits():
     assert noise_for_target_epsilon(target, DELTA, q, steps) < sigma
 
 
-def test_noise_for_target_epsilon_best_uses_the_reported_bound():
+@pytest.mark.parametrize("prior", [[], [(1.5, 0.02, 300)]])
+def test_noise_for_target_epsilon_best_spends_the_target_by_the_reported_bound(prior):
+    """What a site derives its run's noise with: the reported (PRV here) epsilon lands on the
+    target from below, with less noise than the RDP answer."""
     target, q, steps = 2.0, 0.01, 500
-    sigma = noise_for_target_epsilon(target, DELTA, q, steps, accountant="best", rel_tol=1e-3)
-    assert epsilon([(sigma, q, steps)], DELTA).epsilon <= target
-    assert sigma <= noise_for_target_epsilon(target, DELTA, q, steps)
+    sigma = noise_for_target_epsilon(target, DELTA, q, steps, prior, accountant="best", rel_tol=1e-3)
+    spent = epsilon(prior + [(sigma, q, steps)], DELTA)
+    assert spent.accountant == "prv" and target * (1 - 1e-3) <= spent.epsilon <= target
+    assert epsilon(prior + [(sigma * (1 - 2e-3), q, steps)], DELTA).epsilon > target
+    assert sigma < 0.97 * noise_for_target_epsilon(target, DELTA, q, steps, prior)
 
 
 def test_noise_for_target_epsilon_refuses_a_target_already_spent():
