@@ -80,8 +80,10 @@ def charge_round(site_dir: Path, site_secret: bytes, data: SiteData, settings: T
         noise = 0.0
     else:
         plan = plan_round(patients, settings)
-        noise = settings.noise_multiplier or run_noise(
-            settings.target_epsilon, delta, plan.sample_rate, plan.steps * settings.rounds)
+        # a derived noise never goes below the site's floor: the target is what the run may
+        # spend at most; an explicit noise-multiplier below the floor is declined instead
+        noise = settings.noise_multiplier or max(policy.privacy.min_noise_multiplier, run_noise(
+            settings.target_epsilon, delta, plan.sample_rate, plan.steps * settings.rounds))
     ledger = PrivacyLedger.open(site_dir, site_secret)
     request = RoundRequest(noise_multiplier=noise, sample_rate=plan.sample_rate, steps=plan.steps,
                            run_id=run_id, server_round=settings.server_round, app=running_app_digest())

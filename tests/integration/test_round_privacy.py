@@ -62,6 +62,21 @@ def test_non_private_request_is_declined_unless_the_site_allows_it(site):
     assert declined.value.kind == "non-private-refused"
 
 
+def test_a_target_epsilon_is_spent_by_the_reported_bound_and_derived_noise_keeps_the_floor(site):
+    (site.site_dir / "policy.toml").write_text("[privacy]\nmax-epsilon = 50.0\nmin-noise-multiplier = 0.3\n"
+                                               + ANY_APP)
+    data = load_site_data(site.store, 16)
+    charge, spent = _round(site, data, TrainSettings(batch_size=4, target_epsilon=6.0, rounds=1))
+    assert 0.3 < charge.noise_multiplier and 6.0 * 0.999 <= spent.epsilon <= 6.0  # the run's whole target
+    (site.site_dir / "policy.toml").write_text("[privacy]\nmax-epsilon = 50.0\nmin-noise-multiplier = 2.0\n"
+                                               + ANY_APP)
+    charge, spent = _round(site, data, TrainSettings(batch_size=4, target_epsilon=6.0, rounds=1), run_id=2)
+    assert charge.noise_multiplier == 2.0  # derived below the floor: the floor, spending less
+    with pytest.raises(SiteDeclined) as declined:  # asked for explicitly: declined
+        _round(site, data, TrainSettings(batch_size=4, noise_multiplier=1.0, rounds=1), run_id=3)
+    assert declined.value.kind == "noise-below-minimum"
+
+
 def test_target_epsilon_too_small_names_the_setting(site):
     data = load_site_data(site.store, 16)
     with pytest.raises(AccountingError, match="epsilon"):
