@@ -6,8 +6,10 @@ zero-filled copy of every per-sample gradient (for batches of varying length), t
 gradient multiplied by the batch size, and GroupNorm's normalisation computed again. Here
 the layers of the fedrad CNN (Conv2d, GroupNorm, Linear) are swapped, while a site trains,
 for ones whose backward computes the input's gradient and each parameter's per-sample
-gradients in one go and stores them in ``param.grad_sample``, where Opacus' DPOptimizer
-(``grad_sample_mode="no_op"``) clips, sums and noises them as in any other mode.
+gradients in one go and stores them in ``param.grad_sample``; a deep convolution, whose
+output has few positions against its weight, leaves a ``GhostConvGrad`` instead (each
+sample's squared norm, and what the clipped sum needs). ``InlineDPOptimizer``, Opacus'
+DPOptimizer (``grad_sample_mode="no_op"``) reading both, clips, sums and noises them.
 
 Backpropagate the batch's *summed* loss: what a layer receives for sample i is then the
 gradient of sample i's own loss, so its per-sample gradients are what Opacus'
