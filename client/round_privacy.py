@@ -60,7 +60,8 @@ def check_app_allowed(site_dir: Path, node_config: Mapping[str, Any]) -> None:
 def run_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The run's noise multiplier: the smallest whose epsilon over the run's `steps`, by the
     bound the site reports (the tighter of RDP and PRV), is the target (to 0.1 %). The same
-    for every round of a run, so computed once (about 1-3 s)."""
+    for every round of a run, so cached per process (about 1-3 s to compute; where Flower
+    starts a ClientApp process per message, once a round)."""
     return noise_for_target_epsilon(target_epsilon, delta, sample_rate, steps, accountant="best", rel_tol=1e-3)
 
 
