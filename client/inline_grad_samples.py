@@ -260,22 +260,21 @@ class InlineDPOptimizer(DPOptimizer):
 
     def add_noise(self) -> None:
         """Opacus' noise, the same draws from the same generator (one N(0, (sigma C)^2) tensor per
-        parameter, in order), added and divided by the expected batch size in place: this is
-        `add_noise` and `scale_grad` in one pass per parameter."""
+        parameter, in order), added and divided by the expected batch size in place: Opacus'
+        `add_noise` and `scale_grad` in one pass per parameter (`pre_step` calls no `scale_grad`)."""
         if self.secure_mode or self.loss_reduction != "mean":
             super().add_noise()
-            super().scale_grad()
+            self.scale_grad()
             return
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
-            grad = p.summed_grad.clone() if std == 0 else torch.normal(
-                mean=0, std=std, size=p.summed_grad.shape, generator=self.generator, dtype=p.summed_grad.dtype)
-            if std != 0:
-                grad.add_(p.summed_grad)
+            summed = p.summed_grad
+            if std == 0:
+                grad = summed.clone()
+            else:
+                grad = torch.normal(mean=0, std=std, size=summed.shape, generator=self.generator,
+                                    dtype=summed.dtype).add_(summed)
             p.grad = grad.div_(self.expected_batch_size).view_as(p)
-
-    def scale_grad(self) -> None:
-        """Done in `add_noise` (see there)."""
 
     @property
     def accumulated_iterations(self) -> int:
@@ -288,7 +287,6 @@ class InlineDPOptimizer(DPOptimizer):
             self._is_last_step_skipped = True
             return False
         self.add_noise()
-        self.scale_grad()
         if self.step_hook:
             self.step_hook(self)
         self._is_last_step_skipped = False
