@@ -29,9 +29,11 @@ every file under the site directory, the decrypted store and `store export`'s DI
 Memory: fedrad ingests 250, 500, 1,000 and 2,000 synthetic files, each in a fresh
 subprocess, in one process and with `--workers` processes; peak RSS is the child's `VmHWM`
 (also: its peak minus its RSS after imports) and, with workers, the largest worker's
-(`getrusage(RUSAGE_CHILDREN)`). `--memory-only` runs just this part.
+(`getrusage(RUSAGE_CHILDREN)`).
 
-    .venv/bin/python benchmarks/ingest_throughput.py [--images 2000] [--repeats 3] [--corpus-repeats 9] [--workers N] [--memory-only] [--work DIR]
+`--parts` picks what runs (default all: corpus, synthetic, memory).
+
+    .venv/bin/python benchmarks/ingest_throughput.py [--images 2000] [--repeats 3] [--corpus-repeats 9] [--workers N] [--parts corpus synthetic memory] [--work DIR]
 
 dicognito is a benchmark-only peer (`pip install dicognito`), not a fedrad dependency.
 """
@@ -78,6 +80,7 @@ TOOLS = ("pydicom", "dicognito", "fedrad", "fedrad-deid-encrypt", "fedrad-worker
 FEDRAD_TOOLS = tuple(tool for tool in TOOLS if tool.startswith("fedrad"))
 TARGETS = {"dicognito": 1.2, "pydicom": 0.7}  # fedrad's throughput / the peer's
 MEMORY_SIZES = (250, 500, 1000, 2000)
+PARTS = ("corpus", "synthetic", "memory")
 _MEMORY_CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
@@ -94,7 +97,11 @@ keys = init_keys(site)
 baseline = rss()
 start = time.perf_counter()
 summary = ingest(site, folder, labels, keys=keys, workers=int(sys.argv[4]))
-print(json.dumps({"seconds": time.perf_counter() - start, "ingested": summary.ingested,
+seconds = time.perf_counter() - start
+import multiprocessing
+while multiprocessing.active_children():  # reap the workers (they exit after the ingest) so that
+    time.sleep(0.01)                      # RUSAGE_CHILDREN counts them
+print(json.dumps({"seconds": seconds, "ingested": summary.ingested,
                   "peak_rss_mb": hwm(), "rss_after_imports_mb": baseline,
                   "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
@@ -319,7 +326,8 @@ def main() -> None:
                              "ratios need more repeats to settle")
     parser.add_argument("--workers", type=int, default=available_cpus(),
                         help="processes of the *-workers rows (default: one per CPU, as fedrad-site ingest)")
-    parser.add_argument("--memory-only", action="store_true", help="only the peak-memory part")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to run (default: all three)")
     parser.add_argument("--work", type=Path, default=None, help="keep the data here between runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -334,7 +342,7 @@ def main() -> None:
         print("preparing data ...", flush=True)
         synth_folder, synth_labels, synth_files = synthetic_set(work, args.images)
         results = {}
-        if not args.memory_only:
+        if "corpus" in args.parts:
             corpus_folder, corpus_labels, excluded = corpus_set(work)
             corpus_files = sorted(corpus_folder.rglob("*.dcm"))
             # warm-up: imports, first-call initialisation of torch and pydicom's handlers
@@ -344,11 +352,13 @@ def main() -> None:
             results["corpus"] = {**measure("corpus", corpus_files, corpus_folder, corpus_labels, work,
                                            args.corpus_repeats, args.workers),
                                  "corpus_files_excluded": excluded}
+        if "synthetic" in args.parts:
             results["synthetic"] = measure("synthetic", synth_files, synth_folder, synth_labels, work,
                                            max(1, args.repeats - 1), args.workers)
-        hospital = work / f"hospital-{args.images}"
-        results["memory"] = [row for workers in sorted({1, args.workers})
-                             for row in memory(work, synth_files, synth_labels, hospital, workers)]
+        if "memory" in args.parts:
+            hospital = work / f"hospital-{args.images}"
+            results["memory"] = [row for workers in sorted({1, args.workers})
+                                 for row in memory(work, synth_files, synth_labels, hospital, workers)]
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -363,7 +373,7 @@ def main() -> None:
             targets[f"{data_set}: {ours} leaked values == 0"] = {"measured": leaked, "met": leaked == 0}
     for workers, key in sorted({(1, "peak_rss_mb"), (args.workers, "peak_rss_mb"),
                                 (args.workers, "worker_peak_rss_mb")}):
-        peaks = [row[key] for row in results["memory"] if row["workers"] == workers and row[key] is not None]
+        peaks = [row[key] for row in results.get("memory", []) if row["workers"] == workers and row[key] is not None]
         if peaks:
             growth = peaks[-1] / peaks[0]
             targets[f"memory, {workers} worker(s): {key} at 2000 files / at 250 files <= 1.1"] = {
@@ -382,7 +392,7 @@ def main() -> None:
         "targets": targets,
         **results,
     }
-    write_result("ingest_memory" if args.memory_only else "ingest_throughput", payload)
+    write_result("ingest_throughput" if set(args.parts) == set(PARTS) else "ingest_" + "_".join(args.parts), payload)
     _print_table(payload)
 
 
@@ -406,7 +416,7 @@ def _print_table(payload: dict) -> None:
                   f"{row['ms_per_file']:8.2f} {leaked!s:>7s}")
         print(f"{'':10s} ratios: " + ", ".join(f"{k} {v}" for k, v in block["ratios"].items()))
         print(f"{'':10s} values searched: {block['leaks']['values_searched']}")
-    for row in payload["memory"]:
+    for row in payload.get("memory", []):
         print(f"memory: {row['files']:5d} files, {row['workers']} worker(s): peak RSS {row['peak_rss_mb']} MB, "
               f"largest worker's {row['worker_peak_rss_mb']} MB "
               f"({row['peak_above_imports_mb']} MB above imports), {row['seconds']} s")

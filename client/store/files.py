@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
-import platform
-import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -17,19 +14,13 @@ TEMP_PREFIX = ".tmp-"
 
 
 def sync_files(directory: Path, paths: Iterable[Path]) -> None:
-    """Make ``paths`` (files written into ``directory`` with ``durable=False``) and their
-    names durable: one ``syncfs(2)`` of the file system on Linux >= 5.8 (which reports
-    write-back errors), else an fsync of each file and then of the directory."""
+    """Make ``paths`` (files written into ``directory`` with ``durable=False``, whose write-back
+    started then) and their names durable: an fsync of each file, then of the directory.
+    Never a sync of the whole file system (``syncfs``), which would also wait for every other
+    process's unwritten data, such as an export copied in just before the ingest."""
     paths = list(paths)
     if not paths:
         return
-    if _SYNCFS is not None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) == 0:
-                return
-        finally:
-            os.close(fd)
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -37,22 +28,6 @@ def sync_files(directory: Path, paths: Iterable[Path]) -> None:
         finally:
             os.close(fd)
     fsync_dir(directory)
-
-
-def _syncfs():
-    """libc's syncfs where it reports write-back errors (Linux >= 5.8), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        major, minor = (int(part) for part in platform.release().split(".")[:2])
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (ValueError, OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-    return function if (major, minor) >= (5, 8) else None
-
-
-_SYNCFS = _syncfs()
 
 
 class WriterLock:
