@@ -56,7 +56,7 @@ def write_atomic(path: Path, parts: Iterable[bytes], *, temp_prefix: str | None 
 
 def start_writeback(fd: int) -> bool:
     """Start writing ``fd``'s dirty pages to disk without waiting (Linux ``sync_file_range``;
-    no durability by itself: a later fsync or syncfs finds them written or on their way).
+    no durability by itself: a later fsync finds them written or on their way).
     Returns whether it started; elsewhere it does nothing."""
     return _SYNC_FILE_RANGE is not None and _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0
 

@@ -6,9 +6,9 @@ pickling them and start in milliseconds. A fork copies the parent's memory, keys
 included: the workers seal (encrypt and write) each image's objects, and the parent, the
 store's single writer, names them in the manifest. At most ``WINDOW_PER_WORKER`` files per
 worker are in flight, so memory does not grow with the number of files, and each worker
-reuses the memory it freed (``client.allocator``: about 40 % fewer page faults, and
-15-20 % less time, on the pydicom corpus). On Linux each worker dies
-with its parent (``PR_SET_PDEATHSIG``), so a killed ingest leaves no worker behind.
+reuses the memory it freed (``client.allocator``; on the pydicom corpus the workers take
+~17 k page faults instead of ~40 k). On Linux each worker dies with its parent
+(``PR_SET_PDEATHSIG``), so a killed ingest leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -100,4 +100,3 @@ def _init_worker() -> None:
     keep_freed_memory()  # a file's buffers reuse the last file's pages
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
-

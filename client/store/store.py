@@ -9,7 +9,7 @@ Layout (directories 0700, files 0600, all ciphertext)::
 Each image is two objects: its de-identified DICOM and its tensor. ``add_image`` writes
 both at once (``seal_image``, which ingest workers run, then ``add_sealed``); the record
 joins the manifest at ``commit()``, which first makes every object written since the last
-commit durable (one file-system sync for the batch) and then replaces the manifest
+commit durable (an fsync of each, then of the directory) and then replaces the manifest
 atomically, so the manifest never names an object a crash could lose. Objects never
 committed are orphans: ``verify()`` reports them and ``collect_orphans()`` removes them.
 A writer (add, collect, rewrap) holds ``store/.lock`` until ``close()``; readers take no
