@@ -4,8 +4,8 @@ Each DP-SGD step allocates the batch's per-sample gradients (megabytes a layer) 
 them at the step's end; by default glibc gives such blocks back to the kernel, and every
 step then faults the same amount of fresh, zeroed pages in again. Kept, the next step
 reuses them: `benchmarks/dp_overhead.py` shows the effect. Ingest workers (client.ingest_pool)
-do the same with each file's buffers (the file, its pixel data, the encoded and encrypted
-copies): `tests/unit/client/test_ingest_pool.py`. Peak memory is unchanged (the
+do the same with each file's buffers (the file, its pixel data, the encrypted chunks):
+`tests/unit/client/test_ingest_pool.py`. Peak memory is unchanged (the
 process keeps what it already used); only the return of freed memory is deferred.
 """
 from __future__ import annotations

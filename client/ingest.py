@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from client.deid import DeidOptions, Deidentifier, PixelCleanRule
-from client.deid.encode import encode
+from client.deid.encode import encode_parts
 from client.deid.profile import quiet_pydicom
 from client.ingest_pool import ordered_map
 from client.keys import SiteKeys
@@ -183,7 +183,7 @@ class _Preparer:
             return _Prepared(refused.reason, labelled)
         deidentified = result.dataset
         return _Prepared("ingested", labelled, source_key, self._seal(
-            dicom=encode(deidentified),
+            dicom=encode_parts(deidentified),
             tensor=tensor.astype("float16"),
             patient_key=result.patient_key,
             label=self._labels[uid],

@@ -23,7 +23,9 @@ from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+SEPARATE_VALUE = 64 << 10
 _UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
 _IMPLICIT = struct.Struct("<HHI")
 _EXPLICIT_16 = struct.Struct("<HH2sH")
 _EXPLICIT_32 = struct.Struct("<HH2sHI")
@@ -42,11 +44,18 @@ _FAST_META_VRS = {0x00020001: "OB", 0x00020002: "UI", 0x00020003: "UI", 0x000200
 
 def encode(ds: pydicom.Dataset) -> bytes:
     """The dataset as a DICOM Part 10 file (preamble, file meta, body)."""
+    return b"".join(encode_parts(ds))
+
+
+def encode_parts(ds: pydicom.Dataset) -> list[bytes]:
+    """``encode(ds)`` as consecutive parts, each value of at least ``SEPARATE_VALUE`` bytes
+    (the pixel data) its own part, the element's bytes as read, not a copy: the store
+    encrypts the parts in place of a joined file (``client.store.envelope.seal``)."""
     syntax = getattr(ds, "file_meta", FileMetaDataset()).get("TransferSyntaxUID")
     if not _fast(ds, syntax):
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
+        return [buffer.getvalue()]
     changes = {}
     for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
                                   ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
@@ -66,10 +75,12 @@ def encode(ds: pydicom.Dataset) -> bytes:
             setattr(meta, meta_keyword, value)
         write_file_meta_info(fp, meta, enforce_standard=True)
     fp.is_implicit_VR = syntax.is_implicit_VR
-    if "PixelData" in ds:
-        ds["PixelData"].is_undefined_length = syntax.is_compressed
-    _body(fp, ds)
-    return fp.getvalue()
+    pixels = ds.get_item(_PIXEL_DATA)
+    if pixels is not None and not _raw_as_written(pixels, syntax.is_compressed):
+        ds[_PIXEL_DATA].is_undefined_length = syntax.is_compressed
+    parts: list[bytes] = []
+    _body(fp, ds, parts)
+    return parts
 
 
 def _file_meta_bytes(meta: FileMetaDataset, changes: dict) -> bytes | None:
@@ -116,8 +127,9 @@ def _fast(ds: pydicom.Dataset, syntax) -> bool:
             and ds.original_character_set == ds._character_set)
 
 
-def _body(fp: DicomBytesIO, ds: pydicom.Dataset) -> None:
-    """pydicom's ``write_dataset`` for an unchanged encoding, with raw elements packed here."""
+def _body(fp: DicomBytesIO, ds: pydicom.Dataset, parts: list[bytes]) -> None:
+    """pydicom's ``write_dataset`` for an unchanged encoding, with raw elements packed here,
+    appended to ``parts`` after what ``fp`` holds; a large value becomes a part of its own."""
     charset = ds.get("SpecificCharacterSet", "ISO_IR 6")  # pydicom's "iso8859", by its faster-to-convert name
     implicit = fp.is_implicit_VR
     for tag in sorted(ds.keys()):
@@ -131,9 +143,30 @@ def _body(fp: DicomBytesIO, ds: pydicom.Dataset) -> None:
         header = None if value is None else _header(elem.tag, elem.VR, len(value), implicit)
         if header is None:
             write_data_element(fp, elem, charset)
+        elif len(value) >= SEPARATE_VALUE:
+            fp.write(header)
+            parts += [fp.getvalue(), value]
+            fp = _empty_like(fp)
         else:
             fp.write(header)
             fp.write(value)
+    parts.append(fp.getvalue())
+
+
+def _raw_as_written(elem, encapsulated: bool) -> bool:
+    """Whether a raw pixel data element is written as read (encapsulated with an undefined
+    length, or native with an even one); decoding it would copy the pixels twice."""
+    if not isinstance(elem, RawDataElement):
+        return False
+    if elem.length == _UNDEFINED:
+        return encapsulated
+    return not encapsulated and elem.value is not None and len(elem.value) % 2 == 0
+
+
+def _empty_like(fp: DicomBytesIO) -> DicomBytesIO:
+    empty = DicomBytesIO()
+    empty.is_implicit_VR, empty.is_little_endian = fp.is_implicit_VR, fp.is_little_endian
+    return empty
 
 
 def _plain_value(elem: DataElement) -> bytes | None:

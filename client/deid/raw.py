@@ -22,12 +22,16 @@ from pydicom.hooks import hooks
 from .actions import dummy_value
 
 _CHARACTER_SET = 0x00080005
+# The dictionary's ambiguous VRs: binary whichever they resolve to, so kept or removed
+# without decoding (a walk that must zero or dummy one decodes it first).
+AMBIGUOUS_BINARY_VRS = frozenset({"OB or OW", "US or SS", "US or OW", "US or SS or OW"})
 
 
 def raw_vr(ds: pydicom.Dataset, raw) -> str | None:
-    """The VR pydicom gives ``raw`` when it decodes it, found without decoding the value;
-    ``None`` when only decoding can tell (ambiguous VRs, callbacks, deferred values) or
-    ``raw`` is already decoded."""
+    """The VR pydicom gives ``raw`` when it decodes it, found without decoding the value
+    (for an implicit element the dictionary's, which can be an ambiguous binary one such as
+    pixel data's "OB or OW"); ``None`` when only decoding can tell (callbacks, deferred
+    values) or ``raw`` is already decoded."""
     if not isinstance(raw, RawDataElement) or config.data_element_callback:
         return None
     if raw.value is None and raw.length != 0:
@@ -38,7 +42,7 @@ def raw_vr(ds: pydicom.Dataset, raw) -> str | None:
     except Exception:
         return None
     vr = found.get("VR")
-    return vr if isinstance(vr, str) and len(vr) == 2 else None
+    return vr if isinstance(vr, str) and (len(vr) == 2 or vr in AMBIGUOUS_BINARY_VRS) else None
 
 
 def keeps_encoding(ds: pydicom.Dataset, raw: RawDataElement, vr: str) -> bool:
@@ -82,6 +86,19 @@ def replaced(ds: pydicom.Dataset, raw: RawDataElement, vr: str, value: bytes) ->
     if not raw.is_little_endian or (raw.VR is None and ds.original_encoding != (True, True)):
         return None
     return raw._replace(VR=None if raw.VR is None else vr, length=len(value), value=value, is_buffered=False)
+
+
+def remapped_uid_bytes(value: bytes | None, remap) -> bytes | None:
+    """The bytes pydicom writes for a UI value after ``remap`` of each of its values, from the
+    value's bytes as read: decoded and split as pydicom's ``convert_UI`` does, joined and
+    null-padded as its ``write_UI``; None for a deferred value."""
+    if value is None:
+        return None
+    text = value.decode(default_encoding).rstrip(" \0")
+    if not text:
+        return b""
+    text = "\\".join(remap(uid) for uid in text.split("\\"))
+    return (text + "\0" * (len(text) % 2)).encode(default_encoding)
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from pydicom.multival import MultiValue
 from . import clean, dates
 from .actions import Op, basic_op, dummy_value, resolve
 from .options import DeidOptions
-from .raw import decodes, dummy_bytes, keeps_encoding, raw_vr, replaced
+from .raw import AMBIGUOUS_BINARY_VRS, decodes, dummy_bytes, keeps_encoding, raw_vr, remapped_uid_bytes, replaced
 from .table import Entry, ProfileTable
 from .uids import CLASS_UID_TAGS
 
@@ -83,12 +83,20 @@ class Walk:
         if vr is None or vr == "SQ":
             return False
         op = self._op(int(tag), vr, entry, mode)
+        if vr in AMBIGUOUS_BINARY_VRS and op is not Op.REMOVE and op is not Op.KEEP:
+            return False
         if op is Op.REMOVE:
             del ds[tag]
         elif op is Op.ZERO:
             ds[tag] = replaced(ds, raw, vr, b"") or DataElement(tag, vr, empty_value_for_VR(vr))
         elif op in (Op.DUMMY, Op.REMAP) and vr != "UI":
             ds[tag] = replaced(ds, raw, vr, dummy_bytes(vr)) or DataElement(tag, vr, dummy_value(vr))
+        elif op in (Op.DUMMY, Op.REMAP):
+            value = remapped_uid_bytes(raw.value, self.remap)
+            new = None if value is None else replaced(ds, raw, vr, value)
+            if new is None:
+                return False
+            ds[tag] = new
         elif op is Op.KEEP and keeps_encoding(ds, raw, vr):
             if not decodes(ds, raw, vr):  # a value pydicom cannot decode cannot be checked: drop it
                 del ds[tag]

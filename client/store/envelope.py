@@ -32,6 +32,7 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -48,6 +49,7 @@ KEY_ID_LEN, WRAPPED_LEN, NONCE_LEN, TAG_LEN, DATA_KEY_LEN = 16, 40, 12, 16, 32
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 1 << 26
 _FIXED = struct.Struct(">8sBBBBI12s")
+Plaintext = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 _RESTORE = "fix: restore the object from backup or re-ingest its source, then run `fedrad-site store verify`"
 
 
@@ -85,23 +87,54 @@ def parse_header(blob: bytes, object_id: str) -> Header:
                   wrapped_key=bytes(blob[FIXED_LEN + KEY_ID_LEN:HEADER_LEN]))
 
 
-def seal(plaintext: bytes, *, kek: bytes, key_id: str, site_id: str, object_id: str,
-         chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
-    """Encrypt ``plaintext`` under a fresh data key; returns the file's parts (header, chunks)."""
+def seal(plaintext: Plaintext, *, kek: bytes, key_id: str, site_id: str, object_id: str,
+         chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+    """Encrypt ``plaintext`` (bytes, or a sequence of byte strings taken as their
+    concatenation, which is never built) under a fresh data key; yields the file's parts
+    (header, then each chunk as it is encrypted, so a writer holds one chunk at a time)."""
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise StoreError(f"chunk size {chunk_size} is out of range; rule: 1..{MAX_CHUNK_SIZE} bytes; "
                          "fix: use the default chunk size")
+    views = [memoryview(part).cast("B") for part in
+             ((plaintext,) if isinstance(plaintext, (bytes, bytearray, memoryview)) else plaintext)]
     data_key = AESGCM.generate_key(bit_length=256)
     base_nonce = secrets.token_bytes(NONCE_LEN)
     fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, AEAD_AES256_GCM, WRAP_AES_KW, 0, chunk_size, base_nonce)
-    parts = [fixed + _key_slot(kek, key_id, data_key)]
-    aead, view = AESGCM(data_key), memoryview(plaintext)
-    n = max(1, -(-len(view) // chunk_size))
-    for i in range(n):
-        chunk = view[i * chunk_size:(i + 1) * chunk_size]
-        parts.append(aead.encrypt(_nonce(base_nonce, i), chunk,
-                                  _aad(fixed, site_id, object_id, i, i == n - 1)))
-    return parts
+    header = fixed + _key_slot(kek, key_id, data_key)
+    return _sealed(header, AESGCM(data_key), views, chunk_size, base_nonce, fixed, site_id, object_id)
+
+
+def _sealed(header: bytes, aead: AESGCM, views: list[memoryview], chunk_size: int, base_nonce: bytes,
+            fixed: bytes, site_id: str, object_id: str) -> Iterator[bytes]:
+    yield header
+    n = max(1, -(-sum(len(v) for v in views) // chunk_size))
+    for i, chunk in enumerate(_chunks(views, chunk_size, n)):
+        yield aead.encrypt(_nonce(base_nonce, i), chunk, _aad(fixed, site_id, object_id, i, i == n - 1))
+
+
+def _chunks(views: list[memoryview], chunk_size: int, n: int) -> Iterator[bytes | memoryview]:
+    """The ``n`` consecutive ``chunk_size`` pieces of the views' concatenation (the last one
+    shorter, or empty for an empty plaintext): slices where a piece lies in one view, joined
+    copies only where it spans several."""
+    pending: list[memoryview] = []
+    filled = 0
+    for view in views:
+        while view:
+            if not pending and len(view) >= chunk_size:
+                yield view[:chunk_size]
+                n -= 1
+                view = view[chunk_size:]
+                continue
+            take = min(chunk_size - filled, len(view))
+            pending.append(view[:take])
+            filled += take
+            view = view[take:]
+            if filled == chunk_size:
+                yield b"".join(pending)
+                n -= 1
+                pending, filled = [], 0
+    if n:
+        yield b"".join(pending)
 
 
 def unseal(blob: bytes, *, kek: bytes, key_id: str, site_id: str, object_id: str) -> bytearray:

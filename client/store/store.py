@@ -28,6 +28,7 @@ import numpy as np
 
 from client.keys import SiteKeys
 from client.store import envelope
+from client.store.envelope import Plaintext
 from client.store.errors import StoreError
 from client.durable import fsync_dir, write_atomic
 from client.store.files import TEMP_PREFIX, WriterLock, sync_files
@@ -102,7 +103,7 @@ class SiteStore:
         """Whether a source (the caller's HMAC of it) is stored, committed or pending."""
         return source_key in self._sources
 
-    def add_image(self, *, source_key: str, dicom: bytes, tensor: np.ndarray, patient_key: str,
+    def add_image(self, *, source_key: str, dicom: Plaintext, tensor: np.ndarray, patient_key: str,
                   label: int, meta: Mapping, split: str | None = None) -> ImageRecord:
         """Encrypt and write the image's two objects; the record waits for commit(), which
         makes them durable before the manifest names them."""
@@ -114,15 +115,15 @@ class SiteStore:
                                  meta=meta, split=split)
         return self.add_sealed(source_key, sealed)
 
-    def seal_image(self, *, dicom: bytes, tensor: np.ndarray, patient_key: str, label: int,
+    def seal_image(self, *, dicom: Plaintext, tensor: np.ndarray, patient_key: str, label: int,
                    meta: Mapping, split: str | None = None) -> SealedImage:
         """Encrypt and write an image's two objects without adding them to this store's
         state, for a process forked from this writer (ingest workers); the writer names them
         with :meth:`add_sealed` or removes them with :meth:`discard_sealed`. Until then they
         are orphans, which the next writer collects."""
-        if not isinstance(dicom, (bytes, bytearray, memoryview)):
-            raise StoreError(f"dicom must be bytes, not {type(dicom).__name__}; fix: pass the "
-                             "de-identified file's bytes")
+        if not _is_bytes(dicom) and not (isinstance(dicom, (list, tuple)) and all(map(_is_bytes, dicom))):
+            raise StoreError(f"dicom must be bytes (or a list of its parts), not {type(dicom).__name__}; "
+                             "fix: pass the de-identified file's bytes")
         if not self._lock.held:
             raise StoreError("objects are written only by the store's writer; fix: call it from "
                              "the ingest that opened the store (or a process it forked)")
@@ -291,7 +292,7 @@ class SiteStore:
             self._lock.acquire()
             self._set_manifest(_read_manifest(self._root, self._keys))
 
-    def _write(self, object_id: str, plaintext: bytes, path: Path | None = None, *, durable: bool = True) -> None:
+    def _write(self, object_id: str, plaintext: Plaintext, path: Path | None = None, *, durable: bool = True) -> None:
         parts = envelope.seal(plaintext, kek=self._keys.kek, key_id=self._keys.key_id,
                               site_id=self._keys.site_id, object_id=object_id,
                               chunk_size=self._manifest.chunk_size)
@@ -315,6 +316,10 @@ class SiteStore:
     def _debris(self) -> list[Path]:
         return sorted(p for d in (self._root, self._objects) for p in d.iterdir()
                       if p.name.startswith(TEMP_PREFIX))
+
+
+def _is_bytes(value) -> bool:
+    return isinstance(value, (bytes, bytearray, memoryview))
 
 
 def _check_source_key(source_key: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -135,3 +136,19 @@ def test_zeroed_and_dummy_elements_left_raw_write_as_their_decoded_values_would(
     assert encode(as_read) == encode(decoded) == _pydicom_bytes(decoded)
     for raw in replaced:
         assert as_read[raw.tag].value == decoded[raw.tag].value
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_large_values_are_parts_of_their_own_not_copies(deid, implicit):
+    ds = synthetic_dx()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else \
+        pydicom.uid.ExplicitVRLittleEndian
+    pixels = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    result = deid(pydicom.dcmread(io.BytesIO(_pydicom_bytes(ds))), in_place=True)
+    as_read = result.dataset.get_item("PixelData").value
+    assert len(as_read) >= encode_module.SEPARATE_VALUE
+    parts = encode_module.encode_parts(result.dataset)
+    assert len(parts) == 3 and parts[1] is as_read  # header and meta, the pixels as read, the rest
+    assert b"".join(parts) == encode(result.dataset) == _pydicom_bytes(result.dataset)

@@ -1,4 +1,5 @@
-"""The decode check of kept raw elements: skipped only where pydicom cannot fail."""
+"""Raw elements: the decode check of kept ones (skipped only where pydicom cannot fail), the
+bytes of remapped UIDs."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,12 @@ import pytest
 from pydicom import config
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.datadict import dictionary_VR
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
 
-from client.deid.raw import NUMBER_SIZES, TEXT_VRS, decodes
+from client.deid.raw import NUMBER_SIZES, TEXT_VRS, decodes, remapped_uid_bytes
+from client.deid.uids import UidMapper
 
 # One standard tag per text VR (pydicom decodes by the VR held in the raw element).
 _TAGS = {"AE": 0x00080054, "AS": 0x00101010, "CS": 0x00080060, "DA": 0x00080020, "DT": 0x0008002A,
@@ -70,3 +75,23 @@ def test_text_is_checked_when_pydicom_raises_on_invalid_values(monkeypatch):
         warnings.simplefilter("ignore")
         assert not decodes(ds, _raw(0x00080070, "LO", b"\xff\xfe"), "LO")
         assert decodes(ds, _raw(0x00080070, "LO", b"ACME"), "LO")
+
+
+@pytest.mark.parametrize("value", [b"1.2.3.4\x00", b"1.2.3.4", b"1.2.3\\4.5.6 ", b"1.2.3\\\\4.5\x00",
+                                   b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.5.1.4.1.1.2\\9.8.7", b"\\",
+                                   b"  ", b"\x00\x00", b"", b"1.2.\xe93\x00", b"not a uid "])
+def test_remapped_uid_bytes_are_what_pydicom_writes_after_decoding_and_remapping(value):
+    remap = UidMapper(b"s" * 32)
+    raw = _raw(0x00080018, "UI", value)
+    decoded = convert_raw_data_element(raw, encoding=["iso8859"], ds=pydicom.Dataset())
+    values = [] if decoded.value in (None, "") else \
+        list(decoded.value) if isinstance(decoded.value, MultiValue) else [decoded.value]
+    if values:
+        mapped = [remap(str(v)) for v in values]
+        decoded.value = mapped[0] if len(mapped) == 1 else mapped
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = True, True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_data_element(fp, decoded)
+    assert remapped_uid_bytes(value, remap) == fp.getvalue()[8:]

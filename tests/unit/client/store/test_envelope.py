@@ -113,3 +113,18 @@ def test_header_fields_are_bound_even_where_the_layout_still_parses():
             bad[i] ^= 1 << bit
             with pytest.raises(StoreError):
                 _open(bytes(bad))
+
+
+@pytest.mark.parametrize("sizes", [(), (0,), (0, 0), (5, 0, CHUNK), (CHUNK - 1, 1, CHUNK), (1, 3 * CHUNK + 2, 7),
+                                   (CHUNK, CHUNK), (2 * CHUNK + 5, 0, 40, 1)])
+def test_parts_seal_as_their_concatenation(sizes):
+    parts = [secrets.token_bytes(n) for n in sizes]
+    joined = b"".join(parts)
+    blob = b"".join(seal(parts, kek=KEK, key_id=KID, site_id=SITE, object_id=OID, chunk_size=CHUNK))
+    assert len(blob) == HEADER_LEN + len(joined) + TAG_LEN * max(1, -(-len(joined) // CHUNK))
+    assert _open(blob) == joined
+
+
+def test_a_bad_chunk_size_fails_at_the_call_before_anything_is_written():
+    with pytest.raises(StoreError, match="chunk size"):
+        seal(b"x", kek=KEK, key_id=KID, site_id=SITE, object_id=OID, chunk_size=0)
