@@ -31,9 +31,17 @@ subprocess, in one process and with `--workers` processes; peak RSS is the child
 (also: its peak minus its RSS after imports) and, with workers, the largest worker's
 (`getrusage(RUSAGE_CHILDREN)`).
 
+Outputs: every tool's output of every repeat is kept until the run ends (about 8 GB with the
+defaults), then removed (`--keep-outputs`: moved to WORK/out-<time> instead). Removing them between repeats made the later repeats slow to create
+files: ext4 passes over inodes freed in the last minutes when it allocates one (~500 us a file
+after 3,000 files were removed in the folder's block group, against 15-30 us), and fedrad
+creates two objects an image where pydicom writes one file, so the ratios to pydicom fell with
+it. The cost of creating a file in the output folder is measured first and recorded
+(`file_create_us`): a run started within minutes of another's clean-up shows it there.
+
 `--parts` picks what runs (default all: corpus, synthetic, memory).
 
-    .venv/bin/python benchmarks/ingest_throughput.py [--images 2000] [--repeats 3] [--corpus-repeats 9] [--workers N] [--parts corpus synthetic memory] [--work DIR]
+    .venv/bin/python benchmarks/ingest_throughput.py [--images 2000] [--repeats 3] [--corpus-repeats 9] [--workers N] [--parts corpus synthetic memory] [--work DIR [--keep-outputs]]
 
 dicognito is a benchmark-only peer (`pip install dicognito`), not a fedrad dependency.
 """
@@ -247,9 +255,7 @@ def measure(name: str, files: list[Path], folder: Path, labels: Path, work: Path
                                       workers=workers if tool.endswith("-workers") else 1)
                 assert ingested == len(files), f"fedrad ingested {ingested} of {len(files)} files"
             seconds[tool].append(time.perf_counter() - start)
-            if tool in outputs:
-                shutil.rmtree(outputs[tool])
-            outputs[tool] = out
+            outputs[tool] = out  # kept until the run ends (see the module docstring)
             print(f"  {name} {tool} run {repeat + 1}: {len(files) / seconds[tool][-1]:.1f} files/s", flush=True)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     rows = {}
@@ -293,6 +299,21 @@ def leaks(files: list[Path], outputs: dict[str, Path]) -> dict:
     return result
 
 
+def file_create_us(directory: Path, files: int = 200) -> float:
+    """Microseconds to create one empty file in a fresh folder under ``directory`` (median
+    of three rounds): fedrad writes two objects an image where pydicom writes one file, so
+    a file system where creating a file is slow costs fedrad twice what it costs pydicom."""
+    rounds = []
+    for attempt in range(3):
+        folder = directory / f"create-probe-{attempt}"  # left for the run's final clean-up
+        folder.mkdir(parents=True)
+        start = time.perf_counter()
+        for index in range(files):
+            os.close(os.open(folder / f"{index}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        rounds.append((time.perf_counter() - start) / files * 1e6)
+    return round(statistics.median(rounds), 1)
+
+
 def memory(work: Path, hospital_files: list[Path], labels: Path, hospital: Path, workers: int) -> list[dict]:
     rows = []
     for n in MEMORY_SIZES:
@@ -329,18 +350,26 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="what to run (default: all three)")
     parser.add_argument("--work", type=Path, default=None, help="keep the data here between runs")
+    parser.add_argument("--keep-outputs", action="store_true",
+                        help="leave every tool's outputs under WORK/out-<time> (to inspect them, or so that "
+                             "runs in a row do not follow one another's clean-up)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # pydicom's warnings on the corpus' odd files, from every tool
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     work = args.work or Path(tempfile.mkdtemp(prefix="fedrad-ingest-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / "out", ignore_errors=True)
+    shutil.rmtree(work / "out", ignore_errors=True)  # a run that was stopped before its clean-up
+    if args.keep_outputs and args.work is None:
+        parser.error("--keep-outputs needs --work")
     load_before = os.getloadavg()
+    create_us = file_create_us(work / "out")
+    print(f"creating a file under {work / 'out'} takes {create_us} us", flush=True)
     started = time.perf_counter()
     try:
         print("preparing data ...", flush=True)
-        synth_folder, synth_labels, synth_files = synthetic_set(work, args.images)
+        if {"synthetic", "memory"} & set(args.parts):
+            synth_folder, synth_labels, synth_files = synthetic_set(work, args.images)
         results = {}
         if "corpus" in args.parts:
             corpus_folder, corpus_labels, excluded = corpus_set(work)
@@ -348,7 +377,6 @@ def main() -> None:
             # warm-up: imports, first-call initialisation of torch and pydicom's handlers
             measure("warmup", corpus_files[:5], _subset_of(work, corpus_files[:5]), corpus_labels, work, 1,
                     args.workers)
-            shutil.rmtree(work / "out")
             results["corpus"] = {**measure("corpus", corpus_files, corpus_folder, corpus_labels, work,
                                            args.corpus_repeats, args.workers),
                                  "corpus_files_excluded": excluded}
@@ -360,6 +388,12 @@ def main() -> None:
             results["memory"] = [row for workers in sorted({1, args.workers})
                                  for row in memory(work, synth_files, synth_labels, hospital, workers)]
     finally:
+        if args.keep_outputs:
+            kept = work / time.strftime("out-%Y%m%d-%H%M%S")
+            (work / "out").rename(kept)
+            print(f"outputs kept in {kept}", flush=True)
+        else:
+            shutil.rmtree(work / "out", ignore_errors=True)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     targets = {}
@@ -382,12 +416,15 @@ def main() -> None:
         "command": "benchmarks/ingest_throughput.py " + " ".join(sys.argv[1:]),
         "versions": {name: version(name) for name in ("dicognito", "cryptography", "numpy")},
         "load_average_1min": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+        "file_create_us": create_us,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "notes": [
             "ratios are throughput ratios (files/s ours / files/s peer), median over repeats, each repeat "
             "running every tool back to back on the same files in rotating order",
             "fedrad fsyncs its objects before each manifest commit; pydicom and dicognito do not fsync",
             "fedrad-deid-encrypt = the real ingest with the pixel pipeline replaced by an empty tensor",
+            "file_create_us: creating an empty file in the output folder before the run (fedrad creates "
+            "two objects an image, pydicom one file); outputs are removed only after the run",
         ],
         "targets": targets,
         **results,

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import secrets
 import struct
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -108,32 +108,29 @@ def _sealed(header: bytes, aead: AESGCM, views: list[memoryview], chunk_size: in
             fixed: bytes, site_id: str, object_id: str) -> Iterator[bytes]:
     yield header
     n = max(1, -(-sum(len(v) for v in views) // chunk_size))
-    for i, chunk in enumerate(_chunks(views, chunk_size, n)):
+    for i, chunk in enumerate(_chunks(views, chunk_size)):
         yield aead.encrypt(_nonce(base_nonce, i), chunk, _aad(fixed, site_id, object_id, i, i == n - 1))
 
 
-def _chunks(views: list[memoryview], chunk_size: int, n: int) -> Iterator[bytes | memoryview]:
-    """The ``n`` consecutive ``chunk_size`` pieces of the views' concatenation (the last one
-    shorter, or empty for an empty plaintext): slices where a piece lies in one view, joined
-    copies only where it spans several."""
+def _chunks(views: list[memoryview], chunk_size: int) -> Iterator[bytes | memoryview]:
+    """The consecutive ``chunk_size`` pieces of the views' concatenation (the last one
+    shorter, or one empty piece for an empty plaintext): slices where a piece lies in one
+    view, joined copies only where it spans several."""
     pending: list[memoryview] = []
-    filled = 0
+    filled, pieces = 0, 0
     for view in views:
         while view:
             if not pending and len(view) >= chunk_size:
                 yield view[:chunk_size]
-                n -= 1
-                view = view[chunk_size:]
+                pieces, view = pieces + 1, view[chunk_size:]
                 continue
             take = min(chunk_size - filled, len(view))
             pending.append(view[:take])
-            filled += take
-            view = view[take:]
+            filled, view = filled + take, view[take:]
             if filled == chunk_size:
                 yield b"".join(pending)
-                n -= 1
-                pending, filled = [], 0
-    if n:
+                pieces, pending, filled = pieces + 1, [], 0
+    if pending or not pieces:
         yield b"".join(pending)
 
 
