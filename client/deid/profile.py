@@ -84,6 +84,7 @@ class Deidentifier:
         self._rules = tuple(pixel_clean_rules)
         self._table = load_table()
         self._remap = UidMapper(self._secret)
+        self._ops: dict = {}  # the walks' operation for each (tag, VR, mode) seen
 
     @property
     def options(self) -> DeidOptions:
@@ -123,7 +124,7 @@ class Deidentifier:
         if self._options.clean_descriptors or self._options.retain_patient_characteristics:
             identifying = clean.collect(work, self._table)
         original_meta = getattr(work, "file_meta", None)
-        Walk(self._table, self._options, self._remap, shift, identifying).dataset(work, Mode.NORMAL)
+        Walk(self._table, self._options, self._remap, shift, identifying, self._ops).dataset(work, Mode.NORMAL)
         marking.mark(work, self._options, self._table.edition, cleaned)
         work.file_meta = marking.file_meta(work, original_meta, self._remap)
         marking.scrub_container(work)

@@ -18,6 +18,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.hooks import hooks
+from pydicom.hooks import raw_element_vr as _PYDICOM_RAW_ELEMENT_VR
 
 from .actions import dummy_value
 
@@ -36,6 +37,8 @@ def raw_vr(ds: pydicom.Dataset, raw) -> str | None:
         return None
     if raw.value is None and raw.length != 0:
         return None
+    if raw.VR is not None and raw.VR != "UN" and hooks.raw_element_vr is _PYDICOM_RAW_ELEMENT_VR:
+        return raw.VR  # what pydicom's own hook returns for an explicit VR other than UN
     found: dict = {}
     try:
         hooks.raw_element_vr(raw, found, ds=ds)

@@ -14,6 +14,7 @@ from .raw import AMBIGUOUS_BINARY_VRS, decodes, dummy_bytes, keeps_encoding, raw
 from .table import Entry, ProfileTable
 from .uids import CLASS_UID_TAGS
 
+_MAX_CACHED_OPS = 100_000  # distinct (tag, VR, mode): far more than the data dictionary's
 _DUMMY_TEXT_VRS = frozenset({"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR"})
 _CLEAN_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 
@@ -40,12 +41,14 @@ def _set_values(elem: DataElement, values: list) -> None:
 class Walk:
     """One de-identification pass over one dataset (holds per-dataset state)."""
 
-    def __init__(self, table, options, remap, shift_days, identifying) -> None:
+    def __init__(self, table, options, remap, shift_days, identifying, ops: dict | None = None) -> None:
         self.table: ProfileTable = table
         self.options: DeidOptions = options
         self.remap = remap
         self.shift_days: int | None = shift_days
         self.identifying: clean.IdentifyingValues | None = identifying
+        # (tag, VR, mode) -> Op; shareable by every walk with the same table and options
+        self.ops: dict = {} if ops is None else ops
 
     def dataset(self, ds: pydicom.Dataset, mode: Mode) -> None:
         keep_private = self._private_to_keep(ds)
@@ -61,7 +64,7 @@ class Walk:
             ):
                 del ds[tag]
                 continue
-            if not group & 1 and self._decided_raw(ds, tag, self.table.lookup(t), mode):
+            if not group & 1 and self._decided_raw(ds, tag, t, mode):
                 continue
             try:
                 elem = ds[tag]
@@ -75,14 +78,18 @@ class Walk:
             entry = self.table.lookup(t)
             self._apply(ds, elem, self._op(t, elem.VR, entry, mode), entry, mode)
 
-    def _decided_raw(self, ds: pydicom.Dataset, tag, entry: Entry | None, mode: Mode) -> bool:
+    def _decided_raw(self, ds: pydicom.Dataset, tag, t: int, mode: Mode) -> bool:
         """Apply an operation that needs no decoded value to a raw element (see ``raw.py``);
         False when the element must be decoded first."""
         raw = ds.get_item(tag)
         vr = raw_vr(ds, raw)
         if vr is None or vr == "SQ":
             return False
-        op = self._op(int(tag), vr, entry, mode)
+        op = self.ops.get((t, vr, mode))
+        if op is None:
+            op = self._op(t, vr, self.table.lookup(t), mode)
+            if len(self.ops) < _MAX_CACHED_OPS:
+                self.ops[(t, vr, mode)] = op
         if vr in AMBIGUOUS_BINARY_VRS and op is not Op.REMOVE and op is not Op.KEEP:
             return False
         if op is Op.REMOVE:

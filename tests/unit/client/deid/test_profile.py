@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import re
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from client.deid import DeidConfigError, DeidOptions, Deidentifier, PixelCleanRule, QuarantineReason
 from client.deid.marking import method_codes
 
-from .helpers import OTHER_SECRET, SECRET, real, synthetic_dx, to_bytes
+from .helpers import OTHER_SECRET, SECRET, read_bytes, real, synthetic_dx, to_bytes
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "US1_UNCR.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm"])
@@ -149,3 +151,42 @@ def test_invalid_options_are_collected_into_one_error():
     with pytest.raises(DeidConfigError) as info:
         DeidOptions(clean_descriptors="yes", retain_safe_private=frozenset({("ACME", 300)}))  # type: ignore[arg-type]
     assert "clean_descriptors" in str(info.value) and "retain_safe_private" in str(info.value)
+
+
+@pytest.mark.parametrize("options", [DeidOptions(), DeidOptions(retain_longitudinal_modified_dates=True,
+                                                                  clean_descriptors=True,
+                                                                  retain_patient_characteristics=True)])
+def test_one_deidentifier_over_many_files_gives_what_a_fresh_one_gives_each(corpus, options):
+    """The walks' operations are cached per de-identifier: the cache must not carry anything
+    from one file (or one sequence's mode) to the next."""
+    readable, _ = corpus
+    shared = Deidentifier(site_secret=SECRET, options=options)
+    compared = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in readable:
+            reused = shared(pydicom.dcmread(path), in_place=True)
+            fresh = Deidentifier(site_secret=SECRET, options=options)(pydicom.dcmread(path), in_place=True)
+            assert reused.quarantine == fresh.quarantine, path
+            if reused.dataset is not None and fresh.dataset is not None:
+                assert to_bytes(reused.dataset) == to_bytes(fresh.dataset), path
+                compared += 1
+    assert compared > 100
+
+
+def test_an_element_kept_at_the_top_gets_a_dummy_in_a_dummied_sequence_of_a_later_file():
+    shared = Deidentifier(site_secret=SECRET)
+
+    def deidentified(in_sequence: bool) -> Dataset:
+        ds = synthetic_dx()
+        if in_sequence:
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator = "I-1", "99LOCAL"
+            item.CodeMeaning = "St Elsewhere Hospital"
+            ds.InstitutionCodeSequence = [item]  # D in the table: its items' text gets dummies
+        else:
+            ds.CodeMeaning = "Chest"  # not in the table: kept
+        return shared(read_bytes(to_bytes(ds)), in_place=True).dataset
+
+    assert deidentified(False).CodeMeaning == "Chest"
+    assert deidentified(True).InstitutionCodeSequence[0].CodeMeaning != "St Elsewhere Hospital"
