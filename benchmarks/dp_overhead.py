@@ -1,7 +1,7 @@
 """DP-SGD overhead: patient-level DP-SGD step vs the non-private step, same model and batch.
 
 Both sides train build_model(64) (the default CNN) with Adam and BCE-with-logits on the
-same batch of 32 images of 64x64 pixels; the DP side is Opacus' `make_private` exactly as
+same batch of 32 images of 64x64 pixels (`--batch-size`: another size); the DP side is Opacus' `make_private` exactly as
 `client.private_training.train_private` calls it (sigma 1, C 1), one row per grad-sample
 mode, plus "hooks" with physical batches of 8 (Opacus' BatchMemoryManager way: skip-step
 per physical batch, one noisy step per logical batch).
@@ -273,7 +273,8 @@ def memory_child(variant: str, steps: int, threads: int) -> None:
 
 def peak_memory(variant: str, steps: int, threads: int) -> dict:
     completed = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--steps", str(steps),
-                                "--threads", str(threads)], capture_output=True, text=True, check=True)
+                                "--threads", str(threads), "--batch-size", str(BATCH)],
+                               capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -323,6 +324,7 @@ def step_table(variants: list[str], threads: int, args: argparse.Namespace) -> l
 
 
 def main() -> None:
+    global BATCH
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", help="torch thread settings to time (default 2 1; "
                         "1 with --phases)")
@@ -333,18 +335,22 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--phases", action="store_true", help="only time a step's phases (forward, backward, "
                         "clip + noise, Adam) for plain and three hooks-mode Conv2d samplers")
+    parser.add_argument("--batch-size", type=int, default=BATCH,
+                        help=f"images a step (default {BATCH}, the run config's default batch size)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it comes (training, plain and private, calls "
                              "client.allocator.keep_freed_memory first, and so does this benchmark)")
     args = parser.parse_args()
+    default_batch, BATCH = BATCH, args.batch_size
+    suffix = "" if BATCH == default_batch else f"_batch{BATCH}"
     if not args.default_malloc:
         keep_freed_memory()
     args.threads = args.threads or ([1] if args.phases else [2, 1])
     if args.phases:
         torch.set_num_threads(args.threads[0])
         rows = phase_table(args.steps, args.warmup)
-        write_result("dp_overhead_phases", {
+        write_result("dp_overhead_phases" + suffix, {
             "setup": {"model": f"build_model({IMAGE_SIZE})", "batch_size": BATCH, "image_size": IMAGE_SIZE,
                       "optimizer": "Adam", "noise_multiplier": 1.0, "max_grad_norm": 1.0,
                       "threads": args.threads[0], "steps": args.steps, "warmup": args.warmup,
@@ -371,7 +377,7 @@ def main() -> None:
           f"torch threads {args.threads[0]}, ms per step:")
     print(f"  plain {rounds['plain']:.1f}; " + "; ".join(
         f"{mode} {rounds[mode]:.1f} (ratio {round_ratios[mode]:.2f})" for mode in round_modes))
-    write_result("dp_overhead", {
+    write_result("dp_overhead" + suffix, {
         "target": {"time_ratio": TARGET, "memory_ratio": TARGET},
         "setup": {"model": f"build_model({IMAGE_SIZE})", "batch_size": BATCH, "optimizer": "Adam",
                   "noise_multiplier": 1.0, "max_grad_norm": 1.0, "threads": args.threads,
