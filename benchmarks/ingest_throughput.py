@@ -388,7 +388,7 @@ def main() -> None:
             results["memory"] = [row for workers in sorted({1, args.workers})
                                  for row in memory(work, synth_files, synth_labels, hospital, workers)]
     finally:
-        if args.keep_outputs:
+        if args.keep_outputs and (work / "out").is_dir():
             kept = work / time.strftime("out-%Y%m%d-%H%M%S")
             (work / "out").rename(kept)
             print(f"outputs kept in {kept}", flush=True)
