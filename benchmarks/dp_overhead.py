@@ -1,10 +1,10 @@
 """DP-SGD overhead: patient-level DP-SGD step vs the non-private step, same model and batch.
 
-Both sides train build_model(64) (the default CNN) with Adam and BCE-with-logits on the
-same batch of 32 images of 64x64 pixels (`--batch-size`: another size); the DP side is Opacus' `make_private` exactly as
-`client.private_training.train_private` calls it (sigma 1, C 1), one row per grad-sample
-mode, plus "hooks" with physical batches of 8 (Opacus' BatchMemoryManager way: skip-step
-per physical batch, one noisy step per logical batch).
+Both sides train build_model(64) (the default CNN) with Adam and BCE-with-logits on the same
+batch of 32 images of 64x64 pixels (`--batch-size`: another size); the DP side is Opacus'
+`make_private` exactly as `client.private_training.train_private` calls it (sigma 1, C 1),
+one row per grad-sample mode, plus "hooks" with physical batches of 8 (Opacus'
+BatchMemoryManager way: skip-step per physical batch, one noisy step per logical batch).
 
 Time: every variant lives in this one process; each iteration runs one step of every
 variant, in rotating order, after a warm-up; the figure is the median step time.

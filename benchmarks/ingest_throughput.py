@@ -32,12 +32,13 @@ subprocess, in one process and with `--workers` processes; peak RSS is the child
 (`getrusage(RUSAGE_CHILDREN)`).
 
 Outputs: every tool's output of every repeat is kept until the run ends (about 8 GB with the
-defaults), then removed (`--keep-outputs`: moved to WORK/out-<time> instead). Removing them between repeats made the later repeats slow to create
-files: ext4 passes over inodes freed in the last minutes when it allocates one (~500 us a file
-after 3,000 files were removed in the folder's block group, against 15-30 us), and fedrad
-creates two objects an image where pydicom writes one file, so the ratios to pydicom fell with
-it. The cost of creating a file in the output folder is measured first and recorded
-(`file_create_us`): a run started within minutes of another's clean-up shows it there.
+defaults), then removed (`--keep-outputs`: moved to WORK/out-<time> instead). Removing them
+between repeats made the later repeats slow to create files: ext4 passes over inodes freed
+in the last minutes when it allocates one (~500 us a file after 3,000 files were removed in
+the folder's block group, against 15-30 us), and fedrad creates two objects an image where
+pydicom writes one file, so the ratios to pydicom fell with it. The cost of creating a file
+in the output folder is measured first and recorded (`file_create_us`): a run started within
+minutes of another's clean-up shows it there.
 
 `--parts` picks what runs (default all: corpus, synthetic, memory).
 
@@ -354,14 +355,14 @@ def main() -> None:
                         help="leave every tool's outputs under WORK/out-<time> (to inspect them, or so that "
                              "runs in a row do not follow one another's clean-up)")
     args = parser.parse_args()
+    if args.keep_outputs and args.work is None:
+        parser.error("--keep-outputs needs --work")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # pydicom's warnings on the corpus' odd files, from every tool
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     work = args.work or Path(tempfile.mkdtemp(prefix="fedrad-ingest-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work / "out", ignore_errors=True)  # a run that was stopped before its clean-up
-    if args.keep_outputs and args.work is None:
-        parser.error("--keep-outputs needs --work")
     load_before = os.getloadavg()
     create_us = file_create_us(work / "out")
     print(f"creating a file under {work / 'out'} takes {create_us} us", flush=True)

@@ -41,14 +41,13 @@ def _set_values(elem: DataElement, values: list) -> None:
 class Walk:
     """One de-identification pass over one dataset (holds per-dataset state)."""
 
-    def __init__(self, table, options, remap, shift_days, identifying, ops: dict | None = None) -> None:
+    def __init__(self, table, options, remap, shift_days, identifying, ops: dict) -> None:
         self.table: ProfileTable = table
         self.options: DeidOptions = options
         self.remap = remap
         self.shift_days: int | None = shift_days
         self.identifying: clean.IdentifyingValues | None = identifying
-        # (tag, VR, mode) -> Op; shareable by every walk with the same table and options
-        self.ops: dict = {} if ops is None else ops
+        self.ops = ops  # (tag, VR, mode) -> Op, shared by every walk with the same table and options
 
     def dataset(self, ds: pydicom.Dataset, mode: Mode) -> None:
         keep_private = self._private_to_keep(ds)

@@ -49,6 +49,7 @@ KEY_ID_LEN, WRAPPED_LEN, NONCE_LEN, TAG_LEN, DATA_KEY_LEN = 16, 40, 12, 16, 32
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_CHUNK_SIZE = 1 << 26
 _FIXED = struct.Struct(">8sBBBBI12s")
+BYTES_LIKE = (bytes, bytearray, memoryview)
 Plaintext = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 _RESTORE = "fix: restore the object from backup or re-ingest its source, then run `fedrad-site store verify`"
 
@@ -96,7 +97,7 @@ def seal(plaintext: Plaintext, *, kek: bytes, key_id: str, site_id: str, object_
         raise StoreError(f"chunk size {chunk_size} is out of range; rule: 1..{MAX_CHUNK_SIZE} bytes; "
                          "fix: use the default chunk size")
     views = [memoryview(part).cast("B") for part in
-             ((plaintext,) if isinstance(plaintext, (bytes, bytearray, memoryview)) else plaintext)]
+             ((plaintext,) if isinstance(plaintext, BYTES_LIKE) else plaintext)]
     data_key = AESGCM.generate_key(bit_length=256)
     base_nonce = secrets.token_bytes(NONCE_LEN)
     fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, AEAD_AES256_GCM, WRAP_AES_KW, 0, chunk_size, base_nonce)

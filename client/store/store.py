@@ -28,7 +28,7 @@ import numpy as np
 
 from client.keys import SiteKeys
 from client.store import envelope
-from client.store.envelope import Plaintext
+from client.store.envelope import BYTES_LIKE, Plaintext
 from client.store.errors import StoreError
 from client.durable import fsync_dir, write_atomic
 from client.store.files import TEMP_PREFIX, WriterLock, sync_files
@@ -121,7 +121,8 @@ class SiteStore:
         state, for a process forked from this writer (ingest workers); the writer names them
         with :meth:`add_sealed` or removes them with :meth:`discard_sealed`. Until then they
         are orphans, which the next writer collects."""
-        if not _is_bytes(dicom) and not (isinstance(dicom, (list, tuple)) and all(map(_is_bytes, dicom))):
+        if not isinstance(dicom, BYTES_LIKE) and not (
+                isinstance(dicom, (list, tuple)) and all(isinstance(part, BYTES_LIKE) for part in dicom)):
             raise StoreError(f"dicom must be bytes (or a list of its parts), not {type(dicom).__name__}; "
                              "fix: pass the de-identified file's bytes")
         if not self._lock.held:
@@ -316,10 +317,6 @@ class SiteStore:
     def _debris(self) -> list[Path]:
         return sorted(p for d in (self._root, self._objects) for p in d.iterdir()
                       if p.name.startswith(TEMP_PREFIX))
-
-
-def _is_bytes(value) -> bool:
-    return isinstance(value, (bytes, bytearray, memoryview))
 
 
 def _check_source_key(source_key: str) -> None:
