@@ -15,8 +15,8 @@ Backpropagate the batch's *summed* loss: what a layer receives for sample i is t
 gradient of sample i's own loss, so its per-sample gradients are what Opacus'
 DPOptimizer clips (with ``loss_reduction="mean"`` it divides the noisy sum by the expected
 batch size itself), and no per-sample tensor is rescaled. A convolution's come from
-fedrad's grouped-convolution sampler (``client.grad_samplers``); GroupNorm's from sums over
-each channel of the output gradient and of its product with the input; Linear's from an
+fedrad's grouped-convolution sampler (``client.grad_samplers``); GroupNorm's from PyTorch's own GroupNorm
+backward, run on the batch as one image with a group per sample and group; Linear's from an
 outer product. ``tests/unit/client/test_inline_grad_samples.py`` checks them against one
 backward pass per sample.
 """
@@ -141,23 +141,20 @@ class _GroupNorm(torch.autograd.Function):
         x, mean, rstd, weight = ctx.saved_tensors
         layer = ctx.layer
         n, c = x.shape[:2]
-        grad_output = grad_output.contiguous()
-        grad_input = None
-        if ctx.needs_input_grad[0]:
-            grad_input, _, _ = torch.ops.aten.native_group_norm_backward(
-                grad_output, x, mean, rstd, weight, n, c, math.prod(x.shape[2:]), layer.num_groups,
-                [True, False, False])
-        g = grad_output.reshape(n, c, -1)
-        sum_g = g.sum(dim=2)  # the bias's per-sample gradient
-        if layer.weight is not None and layer.weight.requires_grad:
-            # d loss / d gamma_c = sum_hw (x - mean_group) * rstd_group * g = rstd (sum x g - mean sum g)
-            groups = (n, layer.num_groups, c // layer.num_groups)
-            sum_xg = torch.linalg.vecdot(x.reshape(n, c, -1), g, dim=2).view(groups)
-            per_sample = sum_xg.sub_(mean.view(n, -1, 1) * sum_g.view(groups)).mul_(rstd.view(n, -1, 1))
-            _store(layer.weight, per_sample.view(n, c))
-        if layer.bias is not None and layer.bias.requires_grad:
-            _store(layer.bias, sum_g)
-        return grad_input, None, None, None
+        wants_weight = layer.weight is not None and layer.weight.requires_grad
+        wants_bias = layer.bias is not None and layer.bias.requires_grad
+        # The batch as one image of n*c channels in n*groups groups has the same groups, statistics
+        # and input gradient (the scale repeated n times); its scale and shift gradients are then
+        # each sample's own: one native call for all three.
+        grad_input, per_sample_weight, per_sample_bias = torch.ops.aten.native_group_norm_backward(
+            grad_output.reshape(1, n * c, -1), x.reshape(1, n * c, -1), mean.view(1, -1),
+            rstd.view(1, -1), None if weight is None else weight.repeat(n), 1, n * c, math.prod(x.shape[2:]),
+            n * layer.num_groups, [ctx.needs_input_grad[0], wants_weight, wants_bias])
+        if wants_weight:
+            _store(layer.weight, per_sample_weight.view(n, c))
+        if wants_bias:
+            _store(layer.bias, per_sample_bias.view(n, c))
+        return None if grad_input is None else grad_input.reshape(x.shape), None, None, None
 
 
 class _Linear(torch.autograd.Function):
