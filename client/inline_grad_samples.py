@@ -50,9 +50,9 @@ class GhostConvGrad:
     def __init__(self, layer: nn.Conv2d, x: torch.Tensor, grad_output: torch.Tensor):
         self.layer, self.x, self.grad_output = layer, x, grad_output
         n = x.shape[0]
-        patches = _patches(layer, x)  # N, d, L
+        patches = _patches(layer, x)  # N, L, d
         outputs = grad_output.reshape(n, grad_output.shape[1], -1)  # N, p, L
-        gram_x = torch.bmm(patches.transpose(1, 2), patches)
+        gram_x = torch.bmm(patches, patches.transpose(1, 2))
         gram_g = torch.bmm(outputs.transpose(1, 2), outputs)
         self.squared_norms = torch.linalg.vecdot(gram_x.reshape(n, -1), gram_g.reshape(n, -1))
 
@@ -80,11 +80,19 @@ class GhostConvGrad:
 
 
 def _patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input patches (N, in-channels * kernel, L); a 1x1 kernel's are strided pixels."""
-    if layer.kernel_size == (1, 1) and layer.padding == (0, 0):
-        picked = x[:, :, ::layer.stride[0], ::layer.stride[1]]
-        return picked.reshape(x.shape[0], x.shape[1], -1)
-    return F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+    """The layer's input patches, position-major (N, L, kernel * in-channels): the zero-padded
+    input laid out channels-last, then one strided copy whose inner runs are whole pixels
+    (several times faster here than F.unfold, whose copy runs along the image's rows)."""
+    n, c, height, width = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    padded = x.new_zeros((n, height + 2 * ph, width + 2 * pw, c))
+    padded[:, ph:ph + height, pw:pw + width] = x.permute(0, 2, 3, 1)
+    rows = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    columns = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    s_n, s_row, s_column, _ = padded.stride()
+    windows = padded.as_strided((n, rows, columns, kh, kw, c),
+                                (s_n, sh * s_row, sw * s_column, dh * s_row, dw * s_column, 1))
+    return windows.reshape(n, rows * columns, kh * kw * c)
 
 
 def _store(param: torch.Tensor, per_sample: torch.Tensor) -> None:
