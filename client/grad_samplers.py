@@ -6,7 +6,8 @@ per-sample gradients of a batch of N images are also exactly the weight gradient
 *grouped* convolution over a single image with N times the channels, one group per sample:
 sample n's input channels convolved with sample n's weights give sample n's output channels.
 `conv2d_grad_sample` asks PyTorch's convolution backward for that weight gradient, without
-materialising the unfolded input. Anything it does not cover (strings as padding, non-zero
+materialising the unfolded input (over a single input channel, a stem, a depthwise
+convolution is faster). Anything it does not cover (strings as padding, non-zero
 padding modes, empty batches) goes to Opacus' own sampler, so results never depend on it.
 
 In hooks mode autograd would also compute each convolution's summed weight gradient,
@@ -103,7 +104,9 @@ def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
     x = x.to(backprops.dtype)
     n, weight = x.shape[0], layer.weight
     grads: dict[nn.Parameter, torch.Tensor] = {}
-    if weight.requires_grad:
+    if weight.requires_grad and layer.in_channels == 1:
+        grads[weight] = _single_channel_grad_sample(layer, x, backprops)
+    elif weight.requires_grad:
         # Only the weight's shape matters to the weight gradient; its values are never read.
         stacked = weight.new_empty((n * weight.shape[0], *weight.shape[1:]))
         _, per_sample, _ = torch.ops.aten.convolution_backward(
@@ -114,6 +117,23 @@ def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor],
     if layer.bias is not None and layer.bias.requires_grad:
         grads[layer.bias] = backprops.sum(dim=(2, 3))
     return grads
+
+
+def _single_channel_grad_sample(layer: nn.Conv2d, x: torch.Tensor, backprops: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients of a convolution over one input channel (a stem).
+
+    Sample n's gradient at tap t is the correlation of its output gradient with its padded
+    image, read from t with the layer's stride as step: a depthwise convolution of the batch
+    as one image of N channels, the output gradients as N*out kernels dilated by the stride.
+    PyTorch's grouped weight gradient would do an im2col and a small matrix product per sample.
+    """
+    n, (out_h, out_w) = x.shape[0], backprops.shape[2:]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    height, width = sh * (out_h - 1) + dh * (kh - 1) + 1, sw * (out_w - 1) + dw * (kw - 1) + 1
+    padded = F.pad(x, (pw, width - x.shape[3] - pw, ph, height - x.shape[2] - ph))  # a negative pad crops
+    kernels = backprops.reshape(n * backprops.shape[1], 1, out_h, out_w)
+    grads = F.conv2d(padded.reshape(1, n, height, width), kernels, None, (dh, dw), 0, (sh, sw), n)
+    return grads.view(n, backprops.shape[1], 1, kh, kw)
 
 
 register_grad_sampler([nn.Conv2d, InputGradConv2d])(conv2d_grad_sample)

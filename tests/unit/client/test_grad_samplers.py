@@ -15,6 +15,8 @@ from common.model import build_model
 
 CONVS = [
     dict(in_channels=1, out_channels=4, kernel_size=3, stride=2, padding=1, bias=False),
+    dict(in_channels=1, out_channels=3, kernel_size=(3, 2), stride=(2, 3), padding=(1, 2), dilation=(2, 1)),
+    dict(in_channels=1, out_channels=2, kernel_size=4, stride=3),  # the last rows and columns unread
     dict(in_channels=3, out_channels=5, kernel_size=3, padding=1),
     dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
     dict(in_channels=4, out_channels=8, kernel_size=3, groups=2, padding=2, dilation=2),
