@@ -154,10 +154,10 @@ class _GroupNorm(torch.autograd.Function):
         # The batch as one image of n*c channels in n*groups groups has the same groups, statistics
         # and input gradient (the scale repeated n times); its scale and shift gradients are then
         # each sample's own: one native call for all three.
+        scales = None if weight is None else weight.expand(n, c).reshape(-1)
         grad_input, per_sample_weight, per_sample_bias = torch.ops.aten.native_group_norm_backward(
-            grad_output.reshape(1, n * c, -1), x.reshape(1, n * c, -1), mean.view(1, -1),
-            rstd.view(1, -1), None if weight is None else weight.repeat(n), 1, n * c, math.prod(x.shape[2:]),
-            n * layer.num_groups, [ctx.needs_input_grad[0], wants_weight, wants_bias])
+            grad_output.reshape(1, n * c, -1), x.reshape(1, n * c, -1), mean.view(1, -1), rstd.view(1, -1), scales,
+            1, n * c, math.prod(x.shape[2:]), n * layer.num_groups, [ctx.needs_input_grad[0], wants_weight, wants_bias])
         if wants_weight:
             _store(layer.weight, per_sample_weight.view(n, c))
         if wants_bias:
