@@ -42,18 +42,19 @@ class GhostConvGrad:
     Sample n's weight gradient is G_n U_n^T (G_n: its output gradient, out-channels x L
     positions; U_n: its unfolded input, in-channels*kernel x L), so its squared norm is
     sum(U_n^T U_n * G_n^T G_n), two L x L Gram matrices, and the clipped sum over samples is
-    the layer's ordinary (summed) weight gradient with each G_n scaled by its clip factor.
+    the layer's ordinary (summed) weight gradient with each G_n scaled by its clip factor: one
+    matrix product over all samples' positions, from the patches kept for the Gram matrix.
     Where L is small against the weight (the deep layers), that is cheaper than writing and
     twice reading N weight-sized tensors (`pays`).
     """
 
     def __init__(self, layer: nn.Conv2d, x: torch.Tensor, grad_output: torch.Tensor):
-        self.layer, self.x, self.grad_output = layer, x, grad_output
         n = x.shape[0]
-        patches = _patches(layer, x)  # N, L, d
-        outputs = grad_output.reshape(n, grad_output.shape[1], -1)  # N, p, L
-        gram_x = torch.bmm(patches, patches.transpose(1, 2))
-        gram_g = torch.bmm(outputs.transpose(1, 2), outputs)
+        self.layer = layer
+        self.patches = _patches(layer, x)  # N, L, d (d ordered kernel row, kernel column, channel)
+        self.outputs = grad_output.reshape(n, grad_output.shape[1], -1)  # N, p, L
+        gram_x = torch.bmm(self.patches, self.patches.transpose(1, 2))
+        gram_g = torch.bmm(self.outputs.transpose(1, 2), self.outputs)
         self.squared_norms = torch.linalg.vecdot(gram_x.reshape(n, -1), gram_g.reshape(n, -1))
 
     @staticmethod
@@ -67,16 +68,20 @@ class GhostConvGrad:
 
     def materialise(self) -> torch.Tensor:
         """The per-sample gradients (N, *weight.shape)."""
-        return conv2d_grad_sample(self.layer, [self.x], self.grad_output)[self.layer.weight]
+        return self._as_weights(torch.bmm(self.outputs, self.patches), batched=True)
 
     def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
-        """sum_n factors[n] * (sample n's gradient), one summed weight-gradient convolution."""
-        layer = self.layer
-        scaled = self.grad_output * factors.to(self.grad_output.dtype).view(-1, 1, 1, 1)
-        _, grad, _ = torch.ops.aten.convolution_backward(
-            scaled, self.x, layer.weight, None, layer.stride, layer.padding, layer.dilation, False, [0, 0],
-            layer.groups, [False, True, False])
-        return grad
+        """sum_n factors[n] * (sample n's gradient): one matrix product over all samples' positions."""
+        n, p = self.outputs.shape[:2]
+        scaled = (self.outputs * factors.to(self.outputs.dtype).view(-1, 1, 1)).transpose(0, 1).reshape(p, -1)
+        return self._as_weights(scaled @ self.patches.reshape(-1, self.patches.shape[2]), batched=False)
+
+    def _as_weights(self, grads: torch.Tensor, *, batched: bool) -> torch.Tensor:
+        """(..., p, d) with d in patch order -> (..., p, in-channels, kernel rows, kernel columns)."""
+        kh, kw = self.layer.kernel_size
+        lead = grads.shape[:-1]
+        order = (0, 1, 4, 2, 3) if batched else (0, 3, 1, 2)
+        return grads.view(*lead, kh, kw, -1).permute(order).contiguous()
 
 
 def _patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
