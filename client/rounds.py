@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from client.keys import SiteKeyError
 from client.privacy import AccountingError, LedgerError, PolicyError
 from client.round_privacy import SiteDeclined, charge_round, check_app_allowed, privacy_record, settle_round
-from client.site import SiteConfigError, resolve_site, site_label
+from client.site import SiteConfigError, resolve_site, site_label, torch_threads
 from client.sitedata import NoSiteData, cached_site_data
 from client.store import StoreError
 from common import messages as wire
@@ -49,7 +49,7 @@ def reports_failures(handler):
 
 
 def _prepare(msg: Message, context: Context):
-    torch.set_num_threads(int(context.node_config.get("torch-threads", 1)))
+    torch.set_num_threads(torch_threads(context.node_config))
     settings = TrainSettings.from_record(msg.content[wire.CONFIG])
     site = resolve_site(context.node_config, context.run_config)
     check_app_allowed(site.site_dir, context.node_config)  # before any work for the app

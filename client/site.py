@@ -34,6 +34,21 @@ def site_label(node_config: Mapping[str, Any]) -> str:
     return "unnamed-site"
 
 
+def torch_threads(node_config: Mapping[str, Any]) -> int:
+    """Torch threads a round trains and evaluates with: the node config's `torch-threads`, default 1
+    (sites of a simulation share the machine; a SuperNode on its own machine can use its cores)."""
+    value = node_config.get("torch-threads", 1)
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        threads = 0
+    if isinstance(value, bool) or threads < 1 or str(threads) != str(value).strip():
+        raise SiteConfigError(
+            f"the node config's torch-threads must be a whole number >= 1, not {value!r}: set e.g. "
+            "torch-threads=4 in --node-config, or leave it out for 1")
+    return threads
+
+
 def resolve_site(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Site:
     """Open the site's store: `site-dir` from the node config, else a virtual site."""
     if "site-dir" in node_config:
