@@ -15,9 +15,9 @@ Backpropagate the batch's *summed* loss: what a layer receives for sample i is t
 gradient of sample i's own loss, so its per-sample gradients are what Opacus'
 DPOptimizer clips (with ``loss_reduction="mean"`` it divides the noisy sum by the expected
 batch size itself), and no per-sample tensor is rescaled. A convolution's come from
-fedrad's grouped-convolution sampler (``client.grad_samplers``); GroupNorm's from PyTorch's own GroupNorm
-backward, run on the batch as one image with a group per sample and group; Linear's from an
-outer product. ``tests/unit/client/test_inline_grad_samples.py`` checks them against one
+fedrad's grouped-convolution sampler (``client.grad_samplers``); GroupNorm's from PyTorch's
+own GroupNorm backward, run on the batch as one image with a group per sample and group;
+Linear's from an outer product. ``tests/unit/client/test_inline_grad_samples.py`` checks them against one
 backward pass per sample.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ class GhostConvGrad:
 
     def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
         """sum_n factors[n] * (sample n's gradient): one matrix product over all samples' positions."""
-        n, p = self.outputs.shape[:2]
+        p = self.outputs.shape[1]
         scaled = (self.outputs * factors.to(self.outputs.dtype).view(-1, 1, 1)).transpose(0, 1).reshape(p, -1)
         return self._as_weights(scaled @ self.patches.reshape(-1, self.patches.shape[2]), batched=False)
 
