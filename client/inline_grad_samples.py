@@ -17,8 +17,8 @@ DPOptimizer clips (with ``loss_reduction="mean"`` it divides the noisy sum by th
 batch size itself), and no per-sample tensor is rescaled. A convolution's come from
 fedrad's grouped-convolution sampler (``client.grad_samplers``); GroupNorm's from PyTorch's
 own GroupNorm backward, run on the batch as one image with a group per sample and group;
-Linear's from an outer product. ``tests/unit/client/test_inline_grad_samples.py`` checks them against one
-backward pass per sample.
+Linear's from an outer product. ``tests/unit/client/test_inline_grad_samples.py`` checks
+them against one backward pass per sample.
 """
 from __future__ import annotations
 
