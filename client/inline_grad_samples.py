@@ -68,20 +68,18 @@ class GhostConvGrad:
 
     def materialise(self) -> torch.Tensor:
         """The per-sample gradients (N, *weight.shape)."""
-        return self._as_weights(torch.bmm(self.outputs, self.patches), batched=True)
+        return self._as_weights(torch.bmm(self.outputs, self.patches))
 
     def clipped_sum(self, factors: torch.Tensor) -> torch.Tensor:
         """sum_n factors[n] * (sample n's gradient): one matrix product over all samples' positions."""
         p = self.outputs.shape[1]
         scaled = (self.outputs * factors.to(self.outputs.dtype).view(-1, 1, 1)).transpose(0, 1).reshape(p, -1)
-        return self._as_weights(scaled @ self.patches.reshape(-1, self.patches.shape[2]), batched=False)
+        return self._as_weights(scaled @ self.patches.reshape(-1, self.patches.shape[2]))
 
-    def _as_weights(self, grads: torch.Tensor, *, batched: bool) -> torch.Tensor:
+    def _as_weights(self, grads: torch.Tensor) -> torch.Tensor:
         """(..., p, d) with d in patch order -> (..., p, in-channels, kernel rows, kernel columns)."""
         kh, kw = self.layer.kernel_size
-        lead = grads.shape[:-1]
-        order = (0, 1, 4, 2, 3) if batched else (0, 3, 1, 2)
-        return grads.view(*lead, kh, kw, -1).permute(order).contiguous()
+        return grads.view(*grads.shape[:-1], kh, kw, -1).movedim(-1, -3).contiguous()
 
 
 def _patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

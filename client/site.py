@@ -38,11 +38,8 @@ def torch_threads(node_config: Mapping[str, Any]) -> int:
     """Torch threads a round trains and evaluates with: the node config's `torch-threads`, default 1
     (sites of a simulation share the machine; a SuperNode on its own machine can use its cores)."""
     value = node_config.get("torch-threads", 1)
-    try:
-        threads = int(value)
-    except (TypeError, ValueError):
-        threads = 0
-    if isinstance(value, bool) or threads < 1 or str(threads) != str(value).strip():
+    threads = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise SiteConfigError(
             f"the node config's torch-threads must be a whole number >= 1, not {value!r}: set e.g. "
             "torch-threads=4 in --node-config, or leave it out for 1")
