@@ -95,6 +95,7 @@ def main() -> None:
     (RESULTS / "privacy_utility.svg").write_text(svg_plot(rows, baseline))
     write_result("privacy_utility", {"rounds": args.rounds, "local_epochs": args.local_epochs, "rows": rows,
                                      "patients_per_site": args.patients or "own", "batch_size": args.batch_size,
+                                     "model_width": args.model_width,
                                      "learning_rate": args.learning_rate,
                                      "dp_learning_rate": args.dp_learning_rate or args.learning_rate,
                                      "target": "AUC(eps 8) >= 0.95 x AUC(no DP)"})
