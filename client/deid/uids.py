@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 
 from pydicom.datadict import tag_for_keyword
 
 WELL_KNOWN_ROOT = "1.2.840.10008."
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 # UI attributes whose values name classes, syntaxes or coding schemes, not instances:
 # kept as they are even when not rooted at 1.2.840.10008 (e.g. SNOMED's OID).
@@ -35,11 +33,6 @@ IMPLEMENTATION_VERSION_NAME = "FEDRAD_DEID_1"
 def is_well_known(uid: str) -> bool:
     """True for UIDs registered by DICOM itself (SOP classes, transfer syntaxes, ...)."""
     return uid.startswith(WELL_KNOWN_ROOT)
-
-
-def is_valid_uid(uid: str) -> bool:
-    """True for a syntactically valid UID of at most 64 characters."""
-    return 0 < len(uid) <= 64 and bool(UID_PATTERN.match(uid))
 
 
 class UidMapper:

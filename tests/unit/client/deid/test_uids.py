@@ -1,6 +1,7 @@
 """Keyed UID remapping: referential integrity, per-site consistency, validity."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import pydicom
@@ -9,9 +10,15 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from client.deid import Deidentifier
-from client.deid.uids import UID_PATTERN, is_valid_uid
 
 from .helpers import OTHER_SECRET, SECRET, real
+
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def is_valid_uid(uid: str) -> bool:
+    """A syntactically valid DICOM UID of at most 64 characters."""
+    return 0 < len(uid) <= 64 and bool(UID_PATTERN.match(uid))
 
 
 def _read_all(paths):
