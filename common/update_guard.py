@@ -15,10 +15,6 @@ from typing import Mapping
 import numpy as np
 
 
-class UpdateRefused(ValueError):
-    """An update failed the guards; the message lists why (no data values)."""
-
-
 def update_problems(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *,
                     max_norm: float) -> list[str]:
     """Why `update` (new weights) may not be aggregated onto `reference`; [] if it may.
@@ -49,10 +45,3 @@ def update_problems(update: Mapping[str, np.ndarray], reference: Mapping[str, np
         problems.append(f"the update's L2 norm {norm:.3g} exceeds the run's bound max-update-norm={max_norm:g}")
     return problems
 
-
-def check_update(update: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], *,
-                 max_norm: float) -> None:
-    """Raise `UpdateRefused` naming every problem `update_problems` finds."""
-    problems = update_problems(update, reference, max_norm=max_norm)
-    if problems:
-        raise UpdateRefused("update refused: " + "; ".join(problems))

@@ -42,7 +42,6 @@ class SecureRound:
     total_examples: int = 0
     replies: list[Message] = field(default_factory=list)  # stage-2 replies: metrics, site, privacy
     failures: list[dict] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class _ObservedGrid:
