@@ -332,23 +332,6 @@ class ValueSearch:
                             continue  # part of a longer number or hex id, not this number
                         found.add(value)
         return found
-        view = np.frombuffer(data, dtype=np.uint8)
-        for start in range(0, len(view) - self.WINDOW + 1, self.CHUNK):
-            seg = view[start:start + self.CHUNK + self.WINDOW - 1].astype(np.uint64)
-            n = len(seg) - self.WINDOW + 1
-            keys = np.zeros(n, dtype=np.uint64)
-            for i in range(self.WINDOW):
-                keys |= seg[i:i + n] << np.uint64(8 * i)
-            for pos in np.flatnonzero(self._filter[self._hash(keys)]):
-                for offset, value in self._by_key.get(int(keys[pos]), ()):
-                    begin = start + int(pos) - offset
-                    end = begin + len(value)
-                    if begin < 0 or data[begin:end] != value:
-                        continue
-                    if value in self._numbers and (data[begin - 1:begin] in _HEX or data[end:end + 1] in _HEX):
-                        continue  # part of a longer number or hex id, not this number
-                    found.add(value)
-        return found
 
 
 def leaks_in(search: ValueSearch, blobs: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
