@@ -1,7 +1,7 @@
 """DP-SGD overhead: patient-level DP-SGD step vs the non-private step, same model and batch.
 
-Both sides train build_model(64) (the default CNN) with Adam and BCE-with-logits on the same
-batch of 32 images of 64x64 pixels (`--batch-size`: another size); the DP side is Opacus'
+Both sides train the default CNN with Adam and BCE-with-logits on the same batch of 32 images
+of 64x64 pixels (`--batch-size`, `--image-size`: other sizes); the DP side is Opacus'
 `make_private` exactly as `client.private_training.train_private` calls it (sigma 1, C 1),
 one row per grad-sample mode, plus "hooks" with physical batches of 8 (Opacus'
 BatchMemoryManager way: skip-step per physical batch, one noisy step per logical batch).
@@ -39,7 +39,7 @@ fastest of --steps interleaved steps per phase and for the whole step (1 torch t
 --threads says otherwise).
 
     .venv/bin/python benchmarks/dp_overhead.py [--threads 2 1] [--steps 40]
-    .venv/bin/python benchmarks/dp_overhead.py --phases [--steps 40]
+    .venv/bin/python benchmarks/dp_overhead.py --phases [--steps 40] [--batch-size 32] [--image-size 64]
 """
 from __future__ import annotations
 
@@ -273,7 +273,8 @@ def memory_child(variant: str, steps: int, threads: int) -> None:
 
 def peak_memory(variant: str, steps: int, threads: int) -> dict:
     completed = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--steps", str(steps),
-                                "--threads", str(threads), "--batch-size", str(BATCH)],
+                                "--threads", str(threads), "--batch-size", str(BATCH),
+                                "--image-size", str(IMAGE_SIZE)],
                                capture_output=True, text=True, check=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -324,7 +325,7 @@ def step_table(variants: list[str], threads: int, args: argparse.Namespace) -> l
 
 
 def main() -> None:
-    global BATCH
+    global BATCH, IMAGE_SIZE
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", help="torch thread settings to time (default 2 1; "
                         "1 with --phases)")
@@ -337,13 +338,17 @@ def main() -> None:
                         "clip + noise, Adam) for plain and three hooks-mode Conv2d samplers")
     parser.add_argument("--batch-size", type=int, default=BATCH,
                         help=f"images a step (default {BATCH}, the run config's default batch size)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                        help=f"pixels a side (default {IMAGE_SIZE}, the run config's default; a tiny size such as "
+                             "16 with --batch-size 2 leaves mostly the fixed per-step costs)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's malloc as it comes (training, plain and private, calls "
                              "client.allocator.keep_freed_memory first, and so does this benchmark)")
     args = parser.parse_args()
-    default_batch, BATCH = BATCH, args.batch_size
-    suffix = "" if BATCH == default_batch else f"_batch{BATCH}"
+    defaults = BATCH, IMAGE_SIZE
+    BATCH, IMAGE_SIZE = args.batch_size, args.image_size
+    suffix = ("" if BATCH == defaults[0] else f"_batch{BATCH}") + ("" if IMAGE_SIZE == defaults[1] else f"_px{IMAGE_SIZE}")
     if not args.default_malloc:
         keep_freed_memory()
     args.threads = args.threads or ([1] if args.phases else [2, 1])
